@@ -1,0 +1,266 @@
+"""The paper's one-class protocol on top of `sources.load`.
+
+`make(cfg)` turns a dataset and an inlier class into the sets a run needs:
+
+* `train`: inlier images of the train split (label 0), each copy under every
+  distribution-augmentation transform a distinct instance. With
+  `contamination > 0` a fraction of it is replaced by outliers from the other
+  classes' train images; the size stays the same (paper Sec. 5.3 / A.3: "the
+  total amount of training examples for different settings remain
+  unchanged"). The learner must not see which ones: every `train` record says
+  `label` 0, and the truth is kept in `true_label` for analysis only.
+* `fit`: the same images without distribution augmentation, for fitting the
+  one-class detector, optionally a random subset of `fit_cap` (Fig. 5b/c).
+* `test`: the whole test split, label 0 for the inlier class, 1 otherwise.
+* `val` (with `validation=True`, App. A.4): 10% of the inlier train images
+  held out (training keeps the other 90%) plus as many outliers drawn from
+  the other classes' train images. With seed 1 the draws are the authors'
+  (`np.random.seed(1)`, permute the inliers, keep 90%, then permute the
+  outliers and take the first ones), on this module's record order.
+
+All draws come from one `np.random.RandomState(cfg.seed)`, in the order
+validation, contamination, fit cap. Records are dicts
+`{'image': uint8[H, W, 3], 'label': int, 'index': int}` (plus `true_label` in
+`train` and `fit`), where `index` is the record's position in its source, so
+a trainer can derive per-example random keys from it.
+
+Distribution augmentation uses the authors' ordered list
+(`geotrans_array_deterministic`): id, hflip, rot90, rot90+hflip, rot180,
+rot180+hflip, rot270, rot270+hflip. Transform t rotates by k = t // 2
+quarter turns counter-clockwise (`np.rot90(image, k, axes=(0, 1))`) and then,
+when t is odd, flips the width axis: "rotK+hflip" means rotate first, then
+flip, i.e. `np.flip(np.rot90(image, k), axis=1)`, exactly as the authors'
+code flips each rotated copy (it equals hflip first, then rotating by 4 - k).
+"""
+import dataclasses
+from typing import Any, Optional
+import warnings
+
+import numpy as np
+
+from oneclass_jax.data import sources
+
+GEOMETRIC_TRANSFORMS = ("id", "hflip", "rot90", "rot90+hflip", "rot180",
+                        "rot180+hflip", "rot270", "rot270+hflip")
+
+DIST_AUG = {
+    "none": (0,),
+    "rot90": (0, 2, 4, 6),
+    "hflip": (0, 1),
+    "rot90+hflip": tuple(range(8)),
+}
+
+VALIDATION_FRACTION = 0.1
+
+
+def apply_geometric(image: np.ndarray, t: int) -> np.ndarray:
+  """Transform `t` (index into GEOMETRIC_TRANSFORMS) of an HxWxC image.
+
+  Returns a view when possible (no copy); see the module docstring for the
+  convention.
+  """
+  if not 0 <= t < len(GEOMETRIC_TRANSFORMS):
+    raise ValueError(f"geometric transform {t} out of range "
+                     f"[0, {len(GEOMETRIC_TRANSFORMS)}).")
+  out = np.rot90(image, t // 2, axes=(0, 1))
+  return out[:, ::-1] if t % 2 else out
+
+
+def dist_aug_transforms(name: str) -> tuple[int, ...]:
+  """Transform ids of a `dist_aug` name: none, rot90, hflip, rot90+hflip,
+  first<n> (the first n of GEOMETRIC_TRANSFORMS, n in 1..8; Fig. 7)."""
+  if name in DIST_AUG:
+    return DIST_AUG[name]
+  if name.startswith("first") and name[5:].isdigit():
+    n = int(name[5:])
+    if 1 <= n <= len(GEOMETRIC_TRANSFORMS):
+      return tuple(range(n))
+  raise ValueError(f"unknown dist_aug {name!r}; use one of "
+                   f"{sorted(DIST_AUG)} or first1..first8.")
+
+
+class OneClassSource:
+  """Random access to chosen rows of a split, under geometric transforms.
+
+  Record i is row `rows[i % n]` under transform `transforms[i // n]`
+  (n = len(rows)); the transform is applied when the record is read, so the
+  augmented copies cost no memory. A grain `RandomAccessDataSource`.
+  """
+
+  def __init__(self, split_source: sources.SplitSource, rows: np.ndarray,
+               labels: np.ndarray, *, transforms=(0,),
+               true_labels: Optional[np.ndarray] = None):
+    self._source = split_source
+    self._rows = np.asarray(rows, np.int64)
+    self._labels = np.asarray(labels, np.int64)
+    self._true = None if true_labels is None else np.asarray(
+        true_labels, np.int64)
+    self._transforms = tuple(transforms)
+
+  def __len__(self) -> int:
+    return len(self._rows) * len(self._transforms)
+
+  @property
+  def labels(self) -> np.ndarray:
+    """`label` of every record, in record order."""
+    return np.tile(self._labels, len(self._transforms))
+
+  @property
+  def true_labels(self) -> Optional[np.ndarray]:
+    """`true_label` of every record (None when records carry none)."""
+    if self._true is None:
+      return None
+    return np.tile(self._true, len(self._transforms))
+
+  def __getitem__(self, index) -> dict[str, Any]:
+    index = int(index)
+    if not 0 <= index < len(self):
+      raise IndexError(f"record {index} out of range [0, {len(self)}).")
+    t, j = divmod(index, len(self._rows))
+    image = self._source[int(self._rows[j])]["image"]
+    if self._transforms[t]:
+      image = apply_geometric(image, self._transforms[t])
+    record = {"image": image, "label": int(self._labels[j]), "index": index}
+    if self._true is not None:
+      record["true_label"] = int(self._true[j])
+    return record
+
+  def __repr__(self) -> str:
+    return (f"OneClassSource(rows={len(self._rows)}, "
+            f"transforms={self._transforms})")
+
+
+@dataclasses.dataclass
+class OneClassData:
+  """The sets of one one-class task (see the module docstring)."""
+  train: OneClassSource
+  fit: OneClassSource
+  test: OneClassSource
+  val: Optional[OneClassSource]
+  dist_sets: list[int]
+  meta: dict[str, Any]
+
+
+def _inlier_class(value, split: sources.Split, name: str) -> int:
+  """Class id from an int, a digit string or a class name."""
+  if isinstance(value, str) and not value.isdigit():
+    if value not in split.class_names:
+      raise ValueError(f"inlier_class {value!r} is not a class of {name}; "
+                       f"classes: {list(split.class_names)}.")
+    return split.class_names.index(value)
+  try:
+    value = int(value)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"inlier_class must be a class id or name, got "
+                     f"{value!r}.") from e
+  if not 0 <= value < split.num_classes:
+    raise ValueError(f"inlier_class {value} out of range for {name}: "
+                     f"0..{split.num_classes - 1}.")
+  return value
+
+
+def _take_outliers(pool: np.ndarray, count: int, rng, what: str) -> np.ndarray:
+  if count > len(pool):
+    raise ValueError(f"{what} needs {count} outlier images but the other "
+                     f"classes' train split has only {len(pool)} left.")
+  return pool[rng.permutation(len(pool))[:count]]
+
+
+def make(cfg) -> OneClassData:
+  """Builds the one-class sets described by `cfg`.
+
+  Args:
+    cfg: ConfigDict or any attribute object with `name`, `inlier_class` (int,
+      or class name) and optionally `data_dir`, `source_dir`, `seed` (0),
+      `validation` (False), `contamination` (0.0, in [0, 1)), `fit_cap` (0 =
+      all; larger than the training set: clamped with a warning), `dist_aug`
+      ("none").
+
+  Returns:
+    The `OneClassData`.
+
+  Raises:
+    ValueError: bad inlier class (out of range or no train images),
+      contamination outside [0, 1), negative fit_cap, unknown dist_aug, or
+      too few outliers for validation or contamination.
+  """
+  name = cfg.name
+  seed = int(getattr(cfg, "seed", 0))
+  validation = bool(getattr(cfg, "validation", False))
+  contamination = float(getattr(cfg, "contamination", 0.0))
+  fit_cap = int(getattr(cfg, "fit_cap", 0))
+  dist_aug = getattr(cfg, "dist_aug", "none")
+  transforms = dist_aug_transforms(dist_aug)
+  if not 0.0 <= contamination < 1.0:
+    raise ValueError(f"contamination must be in [0, 1), got {contamination}.")
+  if fit_cap < 0:
+    raise ValueError(f"fit_cap must be >= 0 (0 = no cap), got {fit_cap}.")
+  paths = dict(data_dir=getattr(cfg, "data_dir", None),
+               source_dir=getattr(cfg, "source_dir", None))
+  train_split = sources.load(name, "train", **paths)
+  test_split = sources.load(name, "test", **paths)
+  inlier = _inlier_class(cfg.inlier_class, train_split, name)
+  inliers = np.flatnonzero(train_split.labels == inlier)
+  outlier_pool = np.flatnonzero(train_split.labels != inlier)
+  if not len(inliers):
+    raise ValueError(f"inlier class {inlier} "
+                     f"({train_split.class_names[inlier]}) has no train "
+                     f"images in {name}.")
+  rng = np.random.RandomState(seed)
+
+  val = None
+  if validation:
+    perm = rng.permutation(len(inliers))
+    n_train = int(len(inliers) * (1 - VALIDATION_FRACTION))
+    val_in = inliers[perm[n_train:]]
+    inliers = inliers[perm[:n_train]]
+    val_out = _take_outliers(outlier_pool, len(val_in), rng, "validation")
+    outlier_pool = np.setdiff1d(outlier_pool, val_out)
+    val = OneClassSource(
+        train_split.source, np.concatenate([val_in, val_out]),
+        np.repeat([0, 1], [len(val_in), len(val_out)]))
+
+  n_out = int(round(contamination * len(inliers)))
+  true = np.zeros(len(inliers), np.int64)
+  if n_out:
+    kept = inliers[np.sort(rng.permutation(len(inliers))[n_out:])]
+    added = _take_outliers(outlier_pool, n_out, rng, "contamination")
+    order = rng.permutation(len(inliers))  # Outliers not grouped at the end.
+    inliers = np.concatenate([kept, added])[order]
+    true = np.repeat([0, 1], [len(kept), n_out])[order]
+
+  fit_rows = np.arange(len(inliers))
+  if fit_cap > len(inliers):
+    warnings.warn(f"fit_cap {fit_cap} exceeds the {len(inliers)} training "
+                  "images; fitting on all of them.")
+  elif fit_cap:
+    fit_rows = np.sort(rng.permutation(len(inliers))[:fit_cap])
+
+  zeros = np.zeros(len(inliers), np.int64)
+  train = OneClassSource(train_split.source, inliers, zeros,
+                         transforms=transforms, true_labels=true)
+  fit = OneClassSource(train_split.source, inliers[fit_rows],
+                       zeros[fit_rows], true_labels=true[fit_rows])
+  test = OneClassSource(test_split.source, np.arange(len(test_split.labels)),
+                        (test_split.labels != inlier).astype(np.int64))
+  meta = {
+      "dataset": name,
+      "inlier_class": inlier,
+      "inlier_name": train_split.class_names[inlier],
+      "seed": seed,
+      "validation": validation,
+      "contamination": contamination,
+      "dist_aug": dist_aug,
+      "image_shape": tuple(train_split.image_shape),
+      "counts": {
+          "train": len(train),
+          "train_images": len(inliers),
+          "train_outliers": n_out,
+          "fit": len(fit),
+          "test": len(test),
+          "test_inliers": int(np.sum(test_split.labels == inlier)),
+          "val": 0 if val is None else len(val),
+      },
+  }
+  return OneClassData(train=train, fit=fit, test=test, val=val,
+                      dist_sets=list(transforms), meta=meta)

@@ -1,0 +1,269 @@
+r"""Stage 2: embeddings of a trained model -> one-class detectors -> AUCs.
+
+  python -m oneclass_jax.evaluate --workdir=/tmp/run [--detectors=kde,ocsvm] [--embedding=f]
+
+Restores the latest checkpoint of a workdir written by `oneclass_jax.main`,
+extracts f (or g∘f) for the un-augmented inlier training set and the whole
+test set on every device, fits the detectors of Section 3.2 / Appendix A.1 and
+writes `results.json` (AUC per detector; outliers are the positive class) and
+`scores.npz` atomically to the workdir. `train_and_evaluate` calls
+`evaluate_state` at the end of training.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec as P
+
+from oneclass_jax import checkpoint
+from oneclass_jax import config_lib
+from oneclass_jax import detectors
+from oneclass_jax import metrics
+from oneclass_jax import parallel
+from oneclass_jax.data import augment
+from oneclass_jax.data import pipeline
+from oneclass_jax.detectors import rotation_score
+
+EMBEDDING_KEYS = {"f": "pools", "g": "embeds"}
+ROTATION = "rotation"  # Not a fitted detector: the rotation classifier itself.
+
+
+def make_embed_fn(model, mesh, *, rotations: bool):
+  """jit(shard_map) that maps a padded uint8 batch to f, g∘f (and logits)."""
+
+  def per_device(variables, images):
+    x = augment.to_float(images)
+    out = model.apply(variables, x, train=False)
+    result = {"pools": out["pools"].astype(jnp.float32),
+              "embeds": out["embeds"].astype(jnp.float32)}
+    if rotations:
+      # The rotation classifier's view of rot90(x, k) for k = 0..3 (Table 1).
+      result["rot_logits"] = jnp.stack([
+          model.apply(variables, jnp.rot90(x, k, axes=(1, 2)),
+                      train=False)["logits"].astype(jnp.float32)
+          for k in range(4)], axis=0)
+    return result
+
+  out_specs = {"pools": P(parallel.AXIS), "embeds": P(parallel.AXIS)}
+  if rotations:
+    out_specs["rot_logits"] = P(None, parallel.AXIS)
+  return jax.jit(jax.shard_map(per_device, mesh=mesh,
+                               in_specs=(P(), P(parallel.AXIS)),
+                               out_specs=out_specs))
+
+
+def extract(model, variables, source, mesh, *, batch_size: int,
+            rotations: bool = False) -> dict:
+  """Embeddings of every record of `source`, in source order, no padding.
+
+  Batches are padded to a multiple of the device count with masked rows;
+  rows are put back in order by their `index`, so nothing is lost or
+  duplicated whatever the batch and device count.
+  """
+  n_dev = mesh.devices.size
+  batch_size = max(n_dev, batch_size // n_dev * n_dev)
+  embed = make_embed_fn(model, mesh, rotations=rotations)
+  variables = parallel.replicate(variables, mesh)
+  chunks, indices = [], []
+  with jax.set_mesh(mesh):
+    for batch in pipeline.inference_batches(source, batch_size=batch_size):
+      images = parallel.to_global({"image": batch["image"]}, mesh)["image"]
+      out = embed(variables, images)
+      out = jax.tree.map(np.asarray, multihost_utils.process_allgather(
+          out, tiled=True))
+      mask = multihost_utils.process_allgather(batch["_mask"], tiled=True)
+      index = multihost_utils.process_allgather(batch["index"], tiled=True)
+      mask = np.asarray(mask, bool)
+      if "rot_logits" in out:
+        out["rot_logits"] = out["rot_logits"][:, mask]
+      chunks.append({k: (v if k == "rot_logits" else v[mask])
+                     for k, v in out.items()})
+      indices.append(np.asarray(index)[mask])
+  order = np.argsort(np.concatenate(indices), kind="stable")
+  result = {}
+  for key in chunks[0]:
+    axis = 1 if key == "rot_logits" else 0
+    result[key] = np.concatenate([c[key] for c in chunks], axis=axis).take(
+        order, axis=axis)
+  if len(order) != len(source):
+    raise RuntimeError(f"Extracted {len(order)} rows for {len(source)} "
+                       "records; the inference pipeline lost or duplicated "
+                       "rows.")
+  return result
+
+
+def labels_of(source) -> np.ndarray:
+  return np.asarray([source[i]["label"] for i in range(len(source))])
+
+
+def fit_and_score(names, fit_features, test_features) -> dict:
+  """{detector: anomaly scores of the test set} for fitted detectors."""
+  scores = {}
+  for name in names:
+    # Each detector L2-normalises its input itself when it should (all but
+    # the linear OC-SVM, which the authors ran on raw f).
+    det = detectors.get(name).fit(fit_features)
+    scores[name] = np.asarray(det.score(test_features), np.float64)
+  return scores
+
+
+def _aucs(labels, scores: dict) -> dict:
+  return {name: float(metrics.auroc(labels, s)) for name, s in scores.items()}
+
+
+def evaluate_state(config, workdir, model, state, data, mesh, *,
+                   detector_names=None, embedding=None) -> dict:
+  """Scores the test set with every detector; writes results.json."""
+  detector_names = list(detector_names or config.eval.detectors)
+  embedding = embedding or config.eval.embedding
+  if embedding not in EMBEDDING_KEYS:
+    raise ValueError(f"Unknown embedding {embedding!r}; use 'f' or 'g'.")
+  fitted = [n for n in detector_names if n != ROTATION]
+  for name in fitted:
+    detectors.get(name)  # Unknown names fail before any work is done.
+  rotations = ROTATION in detector_names
+  if rotations and "logits" not in _output_keys(model, data):
+    raise ValueError("The 'rotation' score needs a rotation model "
+                     "(configs/rotation.py or configs/rotnet.py).")
+  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+  step = int(jax.device_get(state["step"]))
+  extract_fn = functools.partial(extract, model, variables, mesh=mesh,
+                                 batch_size=config.eval.batch_size)
+  fit_emb = extract_fn(data.fit)
+  test_emb = extract_fn(data.test, rotations=rotations)
+  key = EMBEDDING_KEYS[embedding]
+  for split, emb in (("fit", fit_emb), ("test", test_emb)):
+    detectors.check_features(emb[key], f"{split} embeddings ({embedding})")
+  test_labels = labels_of(data.test)
+  scores = fit_and_score(fitted, fit_emb[key], test_emb[key])
+  if rotations:
+    for name, s in rotation_score.rotation_scores(
+        test_emb["rot_logits"]).items():
+      scores[name] = np.asarray(s, np.float64)
+
+  results = {
+      "dataset": config.data.name,
+      "inlier_class": config.data.inlier_class,
+      "num_classes": int(data.meta.get("num_classes", 0)),
+      "method": config.method,
+      "seed": int(config.seed),
+      "step": step,
+      "embedding": embedding,
+      "auc": _aucs(test_labels, scores),
+      "counts": {"fit": int(len(data.fit)), "test": int(len(data.test)),
+                 "test_outliers": int(test_labels.sum())},
+      "config": config_lib.to_dict(config),
+  }
+  if config.eval.baselines:
+    results["baselines"] = _baselines(config, model, data, mesh, fitted,
+                                      test_labels)
+  if jax.process_index() == 0:
+    _write_atomic(os.path.join(workdir, "results.json"),
+                  lambda f: json.dump(results, f, indent=2, sort_keys=True),
+                  mode="w")
+    _write_atomic(os.path.join(workdir, "scores.npz"),
+                  lambda f: np.savez(f, labels=test_labels, **scores),
+                  mode="wb")
+  _log_table(results)
+  return results
+
+
+def _baselines(config, model, data, mesh, names, test_labels) -> dict:
+  """The same detectors on raw pixels and on an untrained network."""
+  out = {}
+  fit_px = _pixels(data.fit)
+  test_px = _pixels(data.test)
+  out["raw_pixels"] = _aucs(test_labels, fit_and_score(names, fit_px, test_px))
+  image_shape = tuple(data.train[0]["image"].shape)
+  variables = model.init(jax.random.key(config.seed + 1),
+                         jnp.zeros((2, *image_shape)), train=False)
+  extract_fn = functools.partial(extract, model, variables, mesh=mesh,
+                                 batch_size=config.eval.batch_size)
+  key = EMBEDDING_KEYS[config.eval.embedding]
+  out["untrained"] = _aucs(test_labels, fit_and_score(
+      names, extract_fn(data.fit)[key], extract_fn(data.test)[key]))
+  return out
+
+
+def _pixels(source) -> np.ndarray:
+  return np.stack([np.asarray(source[i]["image"], np.float32).ravel() / 255.0
+                   for i in range(len(source))])
+
+
+def _output_keys(model, data):
+  image = jnp.zeros((1, *np.shape(data.test[0]["image"])), jnp.float32)
+  shapes = jax.eval_shape(
+      lambda: model.init_with_output(jax.random.key(0), image,
+                                     train=False)[0])
+  return set(shapes)
+
+
+def _write_atomic(path, write, mode):
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, mode) as f:
+    write(f)
+  os.replace(tmp, path)
+
+
+def _log_table(results):
+  lines = [f"{'detector':<14} AUC"]
+  lines += [f"{k:<14} {100 * v:5.1f}" for k, v in results["auc"].items()]
+  for base, aucs in results.get("baselines", {}).items():
+    lines += [f"{base + ':' + k:<26} {100 * v:5.1f}" for k, v in aucs.items()]
+  logging.info("Results (%s class %s, step %d, embedding %s):\n%s",
+               results["dataset"], results["inlier_class"], results["step"],
+               results["embedding"], "\n".join(lines))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: {workdir!r} is not a "
+                            "workdir written by `oneclass_jax.main`.")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def restore_run(workdir: str, mesh):
+  """(config, run, state) of a workdir's latest checkpoint."""
+  from oneclass_jax import train  # pylint: disable=g-import-not-at-top
+  config = load_config(workdir)
+  run = train.setup(config, mesh)
+  abstract = checkpoint.abstract(jax.eval_shape(run.init_fn,
+                                                jax.random.key(0)))
+  state, _ = checkpoint.restore_state_only(workdir, abstract)
+  return config, run, state
+
+
+def evaluate_workdir(workdir: str, detector_names=None, embedding=None):
+  mesh = parallel.make_mesh()
+  config, run, state = restore_run(workdir, mesh)
+  return evaluate_state(config, workdir, run.model, state, run.data, mesh,
+                        detector_names=detector_names, embedding=embedding)
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  evaluate_workdir(f.workdir, f.detectors, f.embedding)
+
+
+if __name__ == "__main__":
+  # Defined here, not at import: train.py imports this module and main.py
+  # already owns --workdir.
+  flags.DEFINE_string("workdir", None, "A workdir written by oneclass_jax.main.")
+  flags.DEFINE_list("detectors", None, "Detectors (default: the config's).")
+  flags.DEFINE_enum("embedding", None, ["f", "g"],
+                    "f = pooled representation (paper), g = head output.")
+  flags.mark_flags_as_required(["workdir"])
+  app.run(main)

@@ -1,0 +1,39 @@
+r"""Stage 1 (and the final stage-2 evaluation) from the command line.
+
+  python -m oneclass_jax.main --config=configs/contrastive_da.py:dataset=cifar10,inlier_class=3 \
+      --workdir=/tmp/run --config.total_epochs=64
+
+Kept deliberately thin: flags, optional multi-host initialisation, then
+`train.train_and_evaluate(config, workdir)`.
+"""
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
+config_flags.DEFINE_config_file(
+    "config", None, "Training configuration (a configs/*.py file).",
+    lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  import jax  # pylint: disable=g-import-not-at-top
+  # Multi-host runs (TPU pods, several GPU hosts) set this in their launcher;
+  # a single machine needs nothing.
+  if os.environ.get("ONECLASS_JAX_DISTRIBUTED"):
+    jax.distributed.initialize()
+  logging.info("JAX process %d/%d, local devices: %s", jax.process_index(),
+               jax.process_count(), jax.local_devices())
+  from oneclass_jax import train  # pylint: disable=g-import-not-at-top
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

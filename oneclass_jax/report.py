@@ -1,0 +1,417 @@
+r"""Aggregates evaluation results into the paper's tables (Table 2, 8-11).
+
+  python -m oneclass_jax.report WORKDIR... [--out=DIR]
+
+Walks every WORKDIR recursively for `results.json` files (written by
+`oneclass_jax.evaluate`), groups them by (dataset, method, embedding,
+detector) and reports AUC ×100 with one decimal:
+
+* per class: mean ± std over seeds (Tables 8-11);
+* per dataset: the mean over classes of the per-class means ± the std over
+  seeds of each seed's class-mean (Table 2: "mean and standard deviation of
+  AUCs averaged over classes over 5 runs"). Only seeds that have a result for
+  every class of the group enter that std, so a missing run cannot shift it;
+* Mean: the per-dataset means averaged with weights equal to each dataset's
+  `num_classes` (Table 2's "Mean" column), over the datasets present.
+
+Every std is the sample std (ddof = 1); it is left blank with a single seed.
+Runs are grouped by their `method` string, so different configurations of one
+method must carry different method names or be reported separately. If two
+results.json describe the same (dataset, class, method, embedding, seed), the
+one with the larger `step` (the later checkpoint; the authors report the last
+epoch) is kept; equal steps are an error.
+
+With --out, writes report.md, per_class.csv, per_dataset.csv, overall.csv and,
+for every run whose directory holds `scores.npz`, a ROC-curve PNG and a
+score-histogram PNG under figures/; every file is written atomically. Without
+--out, prints the Markdown to stdout and draws no figures.
+"""
+import collections
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import pathlib
+import re
+from typing import Callable, Optional, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import matplotlib
+matplotlib.use("Agg")  # Files only; no display on TPU VMs or in CI.
+from matplotlib import pyplot as plt  # noqa: E402
+import numpy as np
+
+from oneclass_jax import metrics
+
+_OUT = flags.DEFINE_string(
+    "out", None, "Directory for report.md, CSVs and figures; default: print "
+    "the Markdown to stdout.")
+
+RESULTS_FILE = "results.json"
+SCORES_FILE = "scores.npz"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One results.json: the AUCs of one trained model on one task."""
+  path: pathlib.Path
+  dataset: str
+  inlier_class: int | str
+  num_classes: int
+  method: str
+  seed: int
+  step: int
+  embedding: str
+  auc: dict[str, float]
+
+  @property
+  def task_key(self):
+    return (self.dataset, self.inlier_class, self.method, self.embedding,
+            self.seed)
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+_SCHEMA: dict[str, Callable[[object], bool]] = {
+    "dataset": lambda v: isinstance(v, str) and bool(v),
+    "inlier_class": lambda v: _is_int(v) or isinstance(v, str),
+    "num_classes": lambda v: _is_int(v) and v > 0,
+    "method": lambda v: isinstance(v, str) and bool(v),
+    "seed": _is_int,
+    "step": _is_int,
+    "embedding": lambda v: v in ("f", "g"),
+    "auc": lambda v: isinstance(v, dict) and bool(v),
+}
+
+
+def load_run(path) -> Run:
+  """Reads and validates one results.json."""
+  path = pathlib.Path(path)
+  try:
+    record = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON: {e}") from e
+  if not isinstance(record, dict):
+    raise ValueError(f"{path}: expected a JSON object.")
+  for key, ok in _SCHEMA.items():
+    if key not in record:
+      raise ValueError(f"{path}: missing key {key!r}; results.json must hold "
+                       f"{sorted(_SCHEMA)}.")
+    if not ok(record[key]):
+      raise ValueError(f"{path}: invalid {key!r} = {record[key]!r}.")
+  for name, value in record["auc"].items():
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or
+        not 0.0 <= value <= 1.0):
+      raise ValueError(f"{path}: auc[{name!r}] = {value!r} is not a number "
+                       "in [0, 1].")
+  return Run(path=path, auc={k: float(v) for k, v in record["auc"].items()},
+             **{k: record[k] for k in _SCHEMA if k != "auc"})
+
+
+def find_results(dirs: Sequence) -> list[pathlib.Path]:
+  """All results.json under `dirs` (recursively), sorted."""
+  found = []
+  for d in dirs:
+    d = pathlib.Path(d)
+    if not d.is_dir():
+      raise FileNotFoundError(f"{d} is not a directory.")
+    found.extend(d.rglob(RESULTS_FILE))
+  return sorted(set(found))
+
+
+def load_runs(dirs: Sequence) -> list[Run]:
+  """Valid runs under `dirs`, one per task (the latest step wins)."""
+  paths = find_results(dirs)
+  if not paths:
+    raise FileNotFoundError(f"No {RESULTS_FILE} under {list(map(str, dirs))}; "
+                            "run `python -m oneclass_jax.evaluate` first.")
+  latest: dict[tuple, Run] = {}
+  for path in paths:
+    run = load_run(path)
+    prev = latest.get(run.task_key)
+    if prev is not None and prev.step == run.step:
+      raise ValueError(f"{prev.path} and {run.path} both hold step "
+                       f"{run.step} of {run.task_key}; remove one.")
+    if prev is None or run.step > prev.step:
+      if prev is not None:
+        logging.info("%s supersedes %s (later step).", run.path, prev.path)
+      latest[run.task_key] = run
+  runs = list(latest.values())
+  num_classes = {}
+  for run in runs:
+    if num_classes.setdefault(run.dataset, run.num_classes) != run.num_classes:
+      raise ValueError(f"{run.path}: num_classes {run.num_classes} disagrees "
+                       f"with {num_classes[run.dataset]} in other runs of "
+                       f"{run.dataset!r}.")
+  return runs
+
+
+def _class_key(c):
+  return (isinstance(c, str), c)
+
+
+def _std(values) -> float:
+  return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+@dataclasses.dataclass
+class Report:
+  """The aggregated tables; `auc_pct_*` fields are AUC ×100 (percent)."""
+  per_class: list[dict]
+  per_dataset: list[dict]
+  overall: list[dict]
+
+
+def aggregate(runs: Sequence[Run]) -> Report:
+  """Per-class, per-dataset and class-weighted overall AUC statistics."""
+  # (dataset, method, embedding, detector) -> class -> seed -> AUC×100
+  groups = collections.defaultdict(lambda: collections.defaultdict(dict))
+  num_classes = {}
+  for run in runs:
+    num_classes[run.dataset] = run.num_classes
+    for det, auc in run.auc.items():
+      groups[(run.dataset, run.method, run.embedding, det)][
+          run.inlier_class][run.seed] = 100.0 * auc
+  per_class, per_dataset = [], []
+  for key in sorted(groups):
+    dataset, method, embedding, det = key
+    by_class = groups[key]
+    classes = sorted(by_class, key=_class_key)
+    class_means = []
+    for c in classes:
+      values = list(by_class[c].values())
+      class_means.append(float(np.mean(values)))
+      per_class.append(dict(
+          dataset=dataset, method=method, embedding=embedding, detector=det,
+          inlier_class=c, num_seeds=len(values), auc_pct_mean=class_means[-1],
+          auc_pct_std=_std(values)))
+    complete = set.intersection(*(set(by_class[c]) for c in classes))
+    seed_means = [np.mean([by_class[c][s] for c in classes])
+                  for s in sorted(complete)]
+    per_dataset.append(dict(
+        dataset=dataset, method=method, embedding=embedding, detector=det,
+        num_classes=num_classes[dataset], classes_present=len(classes),
+        num_seeds_complete=len(complete),
+        auc_pct_mean=float(np.mean(class_means)),
+        auc_pct_std=_std(seed_means)))
+  return Report(per_class, per_dataset, _overall(per_dataset))
+
+
+def _overall(per_dataset: list[dict]) -> list[dict]:
+  """Class-count-weighted mean over datasets (Table 2's "Mean")."""
+  rows = collections.defaultdict(list)
+  for r in per_dataset:
+    rows[(r["method"], r["embedding"], r["detector"])].append(r)
+  overall = []
+  for (method, embedding, det), rs in sorted(rows.items()):
+    weights = [r["num_classes"] for r in rs]
+    overall.append(dict(
+        method=method, embedding=embedding, detector=det,
+        datasets=" ".join(r["dataset"] for r in rs), num_classes=sum(weights),
+        auc_pct_mean=float(np.average([r["auc_pct_mean"] for r in rs],
+                                  weights=weights))))
+  return overall
+
+
+def _cell(mean: float, std: float = math.nan) -> str:
+  return f"{mean:.1f}" if math.isnan(std) else f"{mean:.1f} ± {std:.1f}"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |",
+           "|" + "|".join("---" for _ in header) + "|"]
+  lines += ["| " + " | ".join(row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def to_markdown(report: Report) -> str:
+  """report.md: the summary (Table 2 layout), then one table per dataset."""
+  datasets = sorted({r["dataset"] for r in report.per_dataset})
+  cells = {}
+  for r in report.per_dataset:
+    text = _cell(r["auc_pct_mean"], r["auc_pct_std"])
+    if r["classes_present"] < r["num_classes"]:
+      text += f" ({r['classes_present']}/{r['num_classes']} classes)"
+    cells[(r["method"], r["embedding"], r["detector"], r["dataset"])] = text
+  summary_rows = []
+  for o in report.overall:
+    row_key = (o["method"], o["embedding"], o["detector"])
+    summary_rows.append(list(row_key) + [cells.get(row_key + (d,), "")
+                                         for d in datasets] +
+                        [_cell(o["auc_pct_mean"])])
+  parts = [
+      "# One-class classification AUROC",
+      "AUC ×100. Per class: mean ± sample std (ddof=1) over seeds. Per "
+      "dataset: mean over classes of the per-class means ± sample std over "
+      "seeds of each seed's class-mean (seeds with every class only). Mean: "
+      "average over datasets weighted by their number of classes. No std "
+      "means a single seed.",
+      "## Summary (Table 2 layout)",
+      _md_table(["method", "embedding", "detector"] + datasets + ["Mean"],
+                summary_rows)]
+  for dataset in datasets:
+    parts += [f"## {dataset}: per-class AUROC (Tables 8-11 layout)",
+              _per_class_markdown(report, dataset)]
+  return "\n\n".join(parts) + "\n"
+
+
+def _per_class_markdown(report: Report, dataset: str) -> str:
+  columns = sorted({(r["method"], r["embedding"], r["detector"])
+                    for r in report.per_dataset if r["dataset"] == dataset})
+  classes = sorted({r["inlier_class"] for r in report.per_class
+                    if r["dataset"] == dataset}, key=_class_key)
+  cells = {(r["method"], r["embedding"], r["detector"], r["inlier_class"]):
+           _cell(r["auc_pct_mean"], r["auc_pct_std"])
+           for r in report.per_class if r["dataset"] == dataset}
+  means = {(r["method"], r["embedding"], r["detector"]):
+           _cell(r["auc_pct_mean"], r["auc_pct_std"])
+           for r in report.per_dataset if r["dataset"] == dataset}
+  rows = [[str(c)] + [cells.get(col + (c,), "") for col in columns]
+          for c in classes]
+  rows.append(["mean"] + [means[col] for col in columns])
+  return _md_table(["class"] + ["/".join(col) for col in columns], rows)
+
+
+_CSV_COLUMNS = {
+    "per_class.csv": ("per_class", ["dataset", "method", "embedding",
+                                    "detector", "inlier_class", "num_seeds",
+                                    "auc_pct_mean", "auc_pct_std"]),
+    "per_dataset.csv": ("per_dataset", [
+        "dataset", "method", "embedding", "detector", "num_classes",
+        "classes_present", "num_seeds_complete", "auc_pct_mean",
+        "auc_pct_std"]),
+    "overall.csv": ("overall", ["method", "embedding", "detector", "datasets",
+                                "num_classes", "auc_pct_mean"]),
+}
+
+
+def _csv_text(rows: list[dict], columns: list[str]) -> str:
+  buf = io.StringIO()
+  writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+  writer.writeheader()
+  for row in rows:
+    writer.writerow({k: ("" if isinstance(row[k], float) and
+                         math.isnan(row[k]) else row[k]) for k in columns})
+  return buf.getvalue()
+
+
+def _atomic_write(path: pathlib.Path, write: Callable[[str], None]):
+  """Calls write(tmp_path), then renames tmp onto `path` (same directory)."""
+  tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+  try:
+    write(str(tmp))
+    os.replace(tmp, path)
+  finally:
+    if tmp.exists():
+      tmp.unlink()
+
+
+def _task_name(run: Run) -> str:
+  name = (f"{run.dataset}_{run.inlier_class}_{run.method}_{run.embedding}"
+          f"_seed{run.seed}")
+  return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def load_scores(path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """(labels, {detector: scores}) from a scores.npz, validated."""
+  with np.load(path) as npz:
+    arrays = {k: npz[k] for k in npz.files}
+  if "labels" not in arrays:
+    raise ValueError(f"{path}: no 'labels' array.")
+  labels = arrays.pop("labels")
+  for name, s in arrays.items():
+    if s.shape != labels.shape:
+      raise ValueError(f"{path}: scores {name!r} have shape {s.shape} but "
+                       f"labels have {labels.shape}.")
+  return labels, arrays
+
+
+def plot_run(run: Run, fig_dir: pathlib.Path) -> list[pathlib.Path]:
+  """ROC and histogram PNGs for a run with scores.npz; returns the paths."""
+  labels, scores = load_scores(run.path.parent / SCORES_FILE)
+  names = sorted(scores)
+  title = (f"{run.dataset} class {run.inlier_class} · {run.method} "
+           f"({run.embedding}) · seed {run.seed} · step {run.step}")
+  fig_dir.mkdir(parents=True, exist_ok=True)
+  written = []
+
+  fig, ax = plt.subplots(figsize=(5, 5))
+  for name in names:
+    fpr, tpr, _ = metrics.roc_curve_points(labels, scores[name])
+    auc = metrics.auroc(labels, scores[name])
+    ax.plot(fpr, tpr, label=f"{name} (AUC {100 * auc:.1f})")
+  ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+  ax.set(xlabel="false-positive rate (inliers)",
+         ylabel="true-positive rate (outliers)", title=title)
+  ax.title.set_fontsize(8)
+  ax.legend(loc="lower right", fontsize=8)
+  written.append(_save(fig, fig_dir / f"{_task_name(run)}_roc.png"))
+
+  fig, axes = plt.subplots(len(names), 1, figsize=(6, 2.2 * len(names)),
+                           squeeze=False)
+  for ax, name in zip(axes[:, 0], names):
+    s = scores[name]
+    bins = np.histogram_bin_edges(s, bins=50)
+    ax.hist(s[labels == 0], bins=bins, alpha=0.6, density=True,
+            label="inliers")
+    ax.hist(s[labels == 1], bins=bins, alpha=0.6, density=True,
+            label="outliers")
+    ax.set_ylabel(name)
+    ax.legend(fontsize=7)
+  axes[0, 0].set_title(title, fontsize=8)
+  axes[-1, 0].set_xlabel("anomaly score (higher = more anomalous)")
+  fig.tight_layout()
+  written.append(_save(fig, fig_dir / f"{_task_name(run)}_hist.png"))
+  return written
+
+
+def _save(fig, path: pathlib.Path) -> pathlib.Path:
+  _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+  plt.close(fig)
+  return path
+
+
+def write_report(report: Report, out: pathlib.Path,
+                 runs: Optional[Sequence[Run]] = None) -> list[pathlib.Path]:
+  """Writes report.md, the CSVs and (for `runs` with scores) the figures."""
+  out.mkdir(parents=True, exist_ok=True)
+  written = []
+  md = to_markdown(report)
+  _atomic_write(out / "report.md", lambda tmp: pathlib.Path(tmp).write_text(md))
+  written.append(out / "report.md")
+  for filename, (attr, columns) in _CSV_COLUMNS.items():
+    text = _csv_text(getattr(report, attr), columns)
+    _atomic_write(out / filename,
+                  lambda tmp, t=text: pathlib.Path(tmp).write_text(t))
+    written.append(out / filename)
+  for run in runs or ():
+    if (run.path.parent / SCORES_FILE).exists():
+      try:
+        written += plot_run(run, out / "figures")
+      except ValueError as e:
+        raise ValueError(f"{run.path.parent / SCORES_FILE}: {e}") from e
+  return written
+
+
+def main(argv):
+  dirs = argv[1:]
+  if not dirs:
+    raise app.UsageError("Give one or more directories to search for "
+                         f"{RESULTS_FILE}.")
+  runs = load_runs(dirs)
+  report = aggregate(runs)
+  if _OUT.value is None:
+    print(to_markdown(report), end="")
+    return
+  for path in write_report(report, pathlib.Path(_OUT.value), runs):
+    logging.info("Wrote %s", path)
+
+
+if __name__ == "__main__":
+  app.run(main)

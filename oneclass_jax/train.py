@@ -1,0 +1,313 @@
+"""Stage 1: train a self-supervised representation on one inlier class.
+
+`train_and_evaluate(config, workdir)` is the whole run: data, mesh, model,
+the per-device train step, checkpoints, metrics and, at the end, the stage-2
+evaluation (the paper reports last-epoch numbers). `main.py` is a thin shell
+around it; tests call it directly.
+
+The train step is a pure function `(state, images, rng) -> (state, metrics)`
+written for one device and run with `jax.shard_map` over the `data` mesh
+(pmap semantics): BatchNorm statistics are per device unless
+`config.model.cross_replica_bn`, the loss is normalised by the global batch and
+contrastive negatives are gathered from every device.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import PartitionSpec as P
+
+from oneclass_jax import checkpoint
+from oneclass_jax import config_lib
+from oneclass_jax import methods
+from oneclass_jax import metric_writers
+from oneclass_jax import models
+from oneclass_jax import optim
+from oneclass_jax import parallel
+from oneclass_jax.data import one_class
+from oneclass_jax.data import pipeline
+
+
+def build_model(config, *, bn_axis_name=None):
+  """The Flax model the config asks for, with the method's extra parts."""
+  method = methods.get(config.method)
+  model_cfg = ml_collections.ConfigDict(config.model.to_dict())
+  del model_cfg["cross_replica_bn"]  # A property of the step, not the model.
+  if model_cfg.head_out_dim == 0:  # 0 in configs = no output layer (RotNet).
+    model_cfg.head_out_dim = None
+  model_cfg.num_classes = method.num_classes
+  model_cfg.decoder = method.decoder
+  model_cfg.bn_axis_name = bn_axis_name
+  return models.build_model(model_cfg)
+
+
+def init_state(model, tx, rng, image_shape):
+  """Fresh train state: a plain dict, replicated by the caller."""
+  variables = model.init(rng, jnp.zeros((2, *image_shape), jnp.float32),
+                         train=False)
+  params = variables["params"]
+  return {
+      "step": jnp.zeros((), jnp.int32),
+      "params": params,
+      "batch_stats": variables.get("batch_stats", {}),
+      "opt_state": tx.init(params),
+  }
+
+
+def make_step_fn(model, method, tx, config):
+  """The per-device train step; `axis_name` names the device axis (or None)."""
+
+  def step_fn(state, images, rng, axis_name):
+    rng = jax.random.fold_in(rng, state["step"])
+    local = images.shape[0]
+    offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local
+    # One key per example from its position in the *global* batch, so the
+    # augmentations do not depend on how the batch is split over devices.
+    keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(
+        offset + jnp.arange(local))
+    inputs, targets = method.make_inputs(keys, images, config)
+
+    def loss_fn(params):
+      outputs, new_vars = model.apply(
+          {"params": params, "batch_stats": state["batch_stats"]}, inputs,
+          train=True, mutable=["batch_stats"])
+      loss_sum, count, aux = method.loss(outputs, targets, config, axis_name)
+      # Differentiate the *globally reduced* loss: under shard_map the
+      # gradient w.r.t. replicated parameters is then already the global one
+      # (a pmean of local gradients would be N times too large).
+      total = _psum((loss_sum, count, aux), axis_name)
+      return total[0] / total[1], (total, new_vars["batch_stats"])
+
+    grads, ((loss_sum, count, aux), batch_stats) = jax.grad(
+        loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = jax.tree.map(jnp.add, state["params"], updates)
+    if axis_name is not None:
+      # Per-device BN normalises with local statistics; the running averages
+      # are averaged over devices, as Keras' MirroredStrategy does.
+      batch_stats = jax.lax.pmean(batch_stats, axis_name)
+    new_state = {"step": state["step"] + 1, "params": params,
+                 "batch_stats": batch_stats, "opt_state": opt_state}
+    metrics = {"loss": loss_sum / count,
+               "grad_norm": _global_norm(grads),
+               **{k: v / count for k, v in aux.items()}}
+    return new_state, metrics
+
+  return step_fn
+
+
+def _psum(tree, axis_name):
+  return tree if axis_name is None else jax.lax.psum(tree, axis_name)
+
+
+def _global_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
+                      for x in jax.tree.leaves(tree)))
+
+
+def shard_step(step_fn, mesh):
+  """jit(shard_map(step)) over the data mesh; the state buffer is donated."""
+  sharded = jax.shard_map(
+      functools.partial(step_fn, axis_name=parallel.AXIS), mesh=mesh,
+      in_specs=(P(), P(parallel.AXIS), P()), out_specs=(P(), P()))
+  return jax.jit(sharded, donate_argnums=(0,))
+
+
+@dataclasses.dataclass
+class Run:
+  """What training and evaluation both rebuild from a config."""
+  data: one_class.OneClassData
+  model: Any
+  tx: Any
+  schedule: Any
+  steps_per_epoch: int
+  total_steps: int
+  init_fn: Any  # rng -> replicated fresh state.
+
+
+def setup(config, mesh) -> Run:
+  """Data (the one-class protocol), model, optimizer and state initialiser."""
+  data = one_class.make(config.data)
+  steps_per_epoch = len(data.train) // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"The training set has {len(data.train)} images, fewer "
+                     f"than one batch of {config.batch_size}.")
+  total_steps = config_lib.num_train_steps(config, steps_per_epoch)
+  image_shape = tuple(data.train[0]["image"].shape)
+  if image_shape[0] != config.model.image_size:
+    raise ValueError(
+        f"Images of {config.data.name} are {image_shape}, but "
+        f"config.model.image_size is {config.model.image_size}; set "
+        f"--config.model.image_size={image_shape[0]}.")
+  bn_axis = parallel.AXIS if config.model.cross_replica_bn else None
+  model = build_model(config, bn_axis_name=bn_axis)
+  tx, schedule = optim.make_optimizer(config.optim, steps_per_epoch,
+                                      total_steps)
+  init_fn = jax.jit(functools.partial(init_state, model, tx,
+                                      image_shape=image_shape),
+                    out_shardings=parallel.replicated(mesh))
+  return Run(data, model, tx, schedule, steps_per_epoch, total_steps, init_fn)
+
+
+def validate(config) -> None:
+  """Fails early, with the fix, on settings that cannot work."""
+  methods.get(config.method)
+  if config.model.head_depth < 0 or config.model.head_width <= 0:
+    raise ValueError(
+        f"Head depth must be >= 0 and width > 0 (got depth "
+        f"{config.model.head_depth}, width {config.model.head_width}).")
+  if config.model.head_out_dim < 0:
+    raise ValueError(f"model.head_out_dim must be >= 0 (0 = no output "
+                     f"layer), got {config.model.head_out_dim}.")
+  if config.method == "contrastive_da" and config.data.dist_aug == "none":
+    raise ValueError("Method 'contrastive_da' needs a distribution "
+                     "augmentation: set config.data.dist_aug (e.g. 'rot90').")
+
+
+def _prepare_workdir(workdir: str, config) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_test")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(f"Workdir {workdir!r} is not writable ({e}); pass "
+                          "a --workdir you can write to.") from e
+  path = os.path.join(workdir, "config.json")
+  current = config_lib.to_dict(config)
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    diff = config_lib.config_diff(saved, current)
+    if diff and os.path.isdir(os.path.join(workdir, "checkpoints")):
+      raise ValueError(
+          f"Workdir {workdir!r} holds a run with a different config; refusing "
+          "to resume. Differing fields:\n  " + "\n  ".join(diff) +
+          "\nUse a new --workdir, or the same config to resume.")
+  if jax.process_index() == 0:
+    _write_json_atomic(path, current)
+
+
+def _write_json_atomic(path: str, obj) -> None:
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+class _NonFiniteLoss(FloatingPointError):
+  pass
+
+
+def _check_finite(history):
+  """Raises naming the first step whose loss is NaN or inf."""
+  for step, metrics in history:
+    if not np.isfinite(metrics["loss"]):
+      raise _NonFiniteLoss(
+          f"Loss is {metrics['loss']} at step {step}; stopping. The last "
+          "checkpoint (written before this step) is kept. Try a lower "
+          "learning rate or check the input data.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+  """Trains stage 1, then runs the stage-2 evaluation once. Returns results."""
+  validate(config)
+  _prepare_workdir(workdir, config)
+  mesh = parallel.make_mesh(config.get("num_devices") or None)
+  parallel.check_batch_size(config.batch_size, mesh)
+
+  run = setup(config, mesh)
+  data, model, tx, schedule = run.data, run.model, run.tx, run.schedule
+  steps_per_epoch, total_steps = run.steps_per_epoch, run.total_steps
+  method = methods.get(config.method)
+  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  state = run.init_fn(init_rng)
+  step_rng = parallel.replicate(step_rng, mesh)
+
+  loader = pipeline.train_loader(data.train,
+                                 global_batch_size=config.batch_size,
+                                 seed=config.seed)
+  data_iter = iter(loader)
+  mngr = checkpoint.manager(workdir, config.keep_checkpoints)
+  start = mngr.latest_step()
+  if start is not None:
+    # Always resume from the workdir's own latest checkpoint first.
+    state, data_state = checkpoint.restore(mngr, start,
+                                           checkpoint.abstract(state))
+    pipeline.set_iterator_state(data_iter, data_state)
+    logging.info("Resumed from step %d in %s.", start, workdir)
+  start = int(start or 0)
+
+  train_step = shard_step(make_step_fn(model, method, tx, config), mesh)
+  writer = metric_writers.MetricWriter(workdir)
+  last_step = total_steps
+  if config.get("max_steps_this_run", -1) > 0:
+    last_step = min(total_steps, start + config.max_steps_this_run)
+  logging.info("Training %s on %s class %s: %d steps (%d per epoch), global "
+               "batch %d on %d devices.", config.method, config.data.name,
+               config.data.inlier_class, total_steps, steps_per_epoch,
+               config.batch_size, mesh.devices.size)
+
+  history, t_window, n_window = [], time.perf_counter(), 0
+  t_start = t_window
+  with jax.set_mesh(mesh):
+    for step in range(start, last_step):
+      batch = next(data_iter)
+      images = parallel.to_global({"image": batch["image"]}, mesh)["image"]
+      state, metrics = train_step(state, images, step_rng)
+      history.append((step + 1, metrics))
+      n_window += 1
+      done = step + 1
+      is_log = done % config.log_every_steps == 0 or done == last_step
+      is_ckpt = (done % config.checkpoint_every_steps == 0 or
+                 done == last_step)
+      if not (is_log or is_ckpt):
+        continue
+      history = [(s, jax.device_get(m)) for s, m in history]
+      _check_finite(history)
+      if is_log:
+        elapsed = time.perf_counter() - t_window
+        scalars = {k: float(np.mean([m[k] for _, m in history]))
+                   for k in history[-1][1]}
+        scalars["learning_rate"] = float(schedule(step))
+        scalars["steps_per_sec"] = n_window / elapsed
+        scalars["examples_per_sec"] = n_window * config.batch_size / elapsed
+        writer.write_scalars(done, scalars)
+        eta = (total_steps - done) / max(scalars["steps_per_sec"], 1e-9)
+        logging.info(
+            "step %d/%d  loss %.4f  lr %.5f  %.1f img/s  ETA %s", done,
+            total_steps, scalars["loss"], scalars["learning_rate"],
+            scalars["examples_per_sec"], _format_eta(eta))
+        history, t_window, n_window = [], time.perf_counter(), 0
+      if is_ckpt:
+        checkpoint.save(mngr, done, state,
+                        pipeline.get_iterator_state(data_iter))
+  writer.close()
+  mngr.close()
+  logging.info("Trained to step %d in %.1f s.", last_step,
+               time.perf_counter() - t_start)
+  if last_step < total_steps:
+    return None  # A partial run (max_steps_this_run): no final evaluation.
+
+  from oneclass_jax import evaluate  # pylint: disable=g-import-not-at-top
+  return evaluate.evaluate_state(config, workdir, model, state, data, mesh)
+
+
+def _format_eta(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  m, s = divmod(int(seconds), 60)
+  h, m = divmod(m, 60)
+  return f"{h}:{m:02d}:{s:02d}"

@@ -1,0 +1,154 @@
+"""report.py on synthetic results.json files, against hand-computed tables."""
+import csv
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from oneclass_jax import report
+
+# toyA: 2 classes × 3 seeds × 2 detectors. AUCs ×100 per seed 0, 1, 2.
+_TOY_A = {
+    "kde": {0: [90, 92, 94], 1: [80, 83, 86]},
+    "ocsvm": {0: [91, 91, 94], 1: [70, 75, 77]},
+}
+# toyB: 3 classes, one seed, kde only.
+_TOY_B = {"kde": {0: [60], 1: [70], 2: [80]}}
+
+
+def _write_run(root, dataset, cls, seed, aucs, *, num_classes, step=100,
+               method="clr_da"):
+  d = pathlib.Path(root) / f"{dataset}_{cls}_s{seed}_step{step}"
+  d.mkdir(parents=True)
+  (d / "results.json").write_text(json.dumps({
+      "dataset": dataset, "inlier_class": cls, "num_classes": num_classes,
+      "method": method, "seed": seed, "step": step, "embedding": "f",
+      "auc": aucs, "config": {"lr": 0.01}}))
+  return d
+
+
+def _write_toy(root, table, dataset, num_classes):
+  dirs = []
+  classes = table[next(iter(table))]
+  for cls in classes:
+    for seed in range(len(classes[cls])):
+      aucs = {det: table[det][cls][seed] / 100 for det in table}
+      dirs.append(_write_run(root, dataset, cls, seed, aucs,
+                             num_classes=num_classes))
+  return dirs
+
+
+@pytest.fixture(name="root")
+def fixture_root(tmp_path):
+  _write_toy(tmp_path / "a", _TOY_A, "toyA", 2)
+  _write_toy(tmp_path / "b", _TOY_B, "toyB", 3)
+  # An earlier checkpoint of toyA/0/seed 0: superseded by step 100.
+  _write_run(tmp_path / "old", "toyA", 0, 0, {"kde": 0.1, "ocsvm": 0.1},
+             num_classes=2, step=50)
+  return tmp_path
+
+
+def _rows(rows, **match):
+  return [r for r in rows if all(r[k] == v for k, v in match.items())]
+
+
+def test_aggregate_matches_hand_computation(root):
+  rep = report.aggregate(report.load_runs([root]))
+  # Per class: kde/0 = 92 ± sqrt((4+0+4)/2) = 2; kde/1 = 83 ± 3;
+  # ocsvm/0 = 92 ± sqrt((1+1+4)/2); ocsvm/1 = 74 ± sqrt((16+1+9)/2).
+  expected = {("kde", 0): (92, 2), ("kde", 1): (83, 3),
+              ("ocsvm", 0): (92, math.sqrt(3)),
+              ("ocsvm", 1): (74, math.sqrt(13))}
+  for (det, cls), (mean, std) in expected.items():
+    (row,) = _rows(rep.per_class, dataset="toyA", detector=det,
+                   inlier_class=cls)
+    assert row["num_seeds"] == 3
+    assert row["auc_pct_mean"] == pytest.approx(mean)
+    assert row["auc_pct_std"] == pytest.approx(std)
+  # Per dataset: kde seed class-means 85, 87.5, 90 -> 87.5 ± 2.5;
+  # ocsvm 80.5, 83, 85.5 -> 83 ± 2.5.
+  for det, mean in (("kde", 87.5), ("ocsvm", 83.0)):
+    (row,) = _rows(rep.per_dataset, dataset="toyA", detector=det)
+    assert row["auc_pct_mean"] == pytest.approx(mean)
+    assert row["auc_pct_std"] == pytest.approx(2.5)
+    assert row["num_seeds_complete"] == 3 and row["classes_present"] == 2
+  (row,) = _rows(rep.per_dataset, dataset="toyB")
+  assert row["auc_pct_mean"] == pytest.approx(70.0)
+  assert math.isnan(row["auc_pct_std"])  # a single seed has no std
+  # Mean weighted by classes: kde (2·87.5 + 3·70)/5 = 77; ocsvm only toyA.
+  overall = {r["detector"]: r for r in rep.overall}
+  assert overall["kde"]["auc_pct_mean"] == pytest.approx(77.0)
+  assert overall["kde"]["num_classes"] == 5
+  assert overall["ocsvm"]["auc_pct_mean"] == pytest.approx(83.0)
+
+  md = report.to_markdown(rep)
+  assert "| clr_da | f | kde | 87.5 ± 2.5 | 70.0 | 77.0 |" in md
+  assert "| clr_da | f | ocsvm | 83.0 ± 2.5 |  | 83.0 |" in md
+  assert "| 1 | 83.0 ± 3.0 | 74.0 ± 3.6 |" in md
+  assert "| mean | 87.5 ± 2.5 | 83.0 ± 2.5 |" in md
+
+
+def test_std_uses_only_seeds_with_every_class(tmp_path):
+  # Seed 2 lacks class 1: the dataset std comes from seeds 0 and 1 only
+  # (class-means 85 and 87.5 -> std 2.5/sqrt(2)); the mean is the mean of
+  # the class means (92 and 81.5).
+  table = {"kde": {0: [90, 92, 94], 1: [80, 83]}}
+  _write_toy(tmp_path, table, "toyA", 3)
+  (row,) = report.aggregate(report.load_runs([tmp_path])).per_dataset
+  assert row["num_seeds_complete"] == 2
+  assert row["auc_pct_std"] == pytest.approx(2.5 / math.sqrt(2))
+  assert row["auc_pct_mean"] == pytest.approx((92 + 81.5) / 2)
+  md = report.to_markdown(report.aggregate(report.load_runs([tmp_path])))
+  assert "(2/3 classes)" in md
+
+
+def test_bad_inputs(tmp_path):
+  with pytest.raises(FileNotFoundError, match="No results.json"):
+    report.load_runs([tmp_path])
+  d = _write_run(tmp_path, "toyA", 0, 0, {"kde": 1.5}, num_classes=2)
+  with pytest.raises(ValueError, match=r"auc\['kde'\] = 1.5"):
+    report.load_runs([tmp_path])
+  (d / "results.json").write_text(json.dumps({"dataset": "toyA"}))
+  with pytest.raises(ValueError, match="missing key 'inlier_class'"):
+    report.load_runs([tmp_path])
+  (d / "results.json").unlink()
+  _write_run(tmp_path / "x", "toyA", 0, 0, {"kde": 0.5}, num_classes=2)
+  _write_run(tmp_path / "y", "toyA", 0, 0, {"kde": 0.6}, num_classes=2)
+  with pytest.raises(ValueError, match="both hold step 100"):
+    report.load_runs([tmp_path])
+
+
+def _run_cli(*args):
+  return subprocess.run([sys.executable, "-m", "oneclass_jax.report", *args],
+                        capture_output=True, text=True, check=True)
+
+
+def test_cli_writes_tables_and_figures(root, tmp_path):
+  run_dir = root / "a" / "toyA_1_s2_step100"
+  rng = np.random.default_rng(0)
+  labels = np.r_[np.zeros(20, int), np.ones(10, int)]
+  np.savez(run_dir / "scores.npz", labels=labels,
+           kde=rng.normal(size=30) + labels, ocsvm=rng.normal(size=30))
+  out = tmp_path / "out"
+  _run_cli(str(root / "a"), str(root / "b"), f"--out={out}")
+  expected_md = report.to_markdown(report.aggregate(report.load_runs(
+      [root / "a", root / "b"])))
+  assert (out / "report.md").read_text() == expected_md
+  with open(out / "per_dataset.csv") as f:
+    rows = list(csv.DictReader(f))
+  toy_b = [r for r in rows if r["dataset"] == "toyB"]
+  assert toy_b[0]["auc_pct_std"] == "" and float(
+      toy_b[0]["auc_pct_mean"]) == pytest.approx(70.0)
+  figures = sorted(p.name for p in (out / "figures").iterdir())
+  assert figures == ["toyA_1_clr_da_f_seed2_hist.png",
+                     "toyA_1_clr_da_f_seed2_roc.png"]
+  for name in figures:
+    assert (out / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert not [p for p in out.rglob("*") if ".tmp." in p.name]
+
+  printed = _run_cli(str(root / "a"), str(root / "b")).stdout
+  assert printed == expected_md
