@@ -8,9 +8,9 @@ cleaned up). Only the primary host writes; every host restores.
 """
 from __future__ import annotations
 
-import json
 import os
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -26,19 +26,21 @@ def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
                                item_names=("state", "data"))
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, data_state) -> None:
+def save(mngr: ocp.CheckpointManager, step: int, state, data_iter) -> None:
+  """Saves the state and the grain iterator (one JSON file per process)."""
   mngr.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
-      data=ocp.args.JsonSave(_jsonable(data_state))), force=True)
+      data=grain.checkpoint.CheckpointSave(data_iter)), force=True)
   mngr.wait_until_finished()
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
-  """Restores (state, data_state); `abstract_state` gives shapes and shardings."""
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state,
+            data_iter):
+  """Restores the state and moves `data_iter` to where it was at `step`."""
   restored = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state),
-      data=ocp.args.JsonRestore()))
-  return restored.state, restored.data
+      data=grain.checkpoint.CheckpointRestore(data_iter)))
+  return restored.state
 
 
 def restore_state_only(workdir: str, abstract_state, step: int | None = None):
@@ -56,12 +58,3 @@ def restore_state_only(workdir: str, abstract_state, step: int | None = None):
 
 def abstract(tree):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-
-
-def _jsonable(data_state):
-  # grain iterator states are JSON strings or bytes; keep them verbatim.
-  if isinstance(data_state, bytes):
-    data_state = data_state.decode("utf-8")
-  if isinstance(data_state, str):
-    return {"grain": data_state}
-  return json.loads(json.dumps(data_state))

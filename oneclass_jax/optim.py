@@ -8,6 +8,8 @@ adding `weight_decay * w` to the gradient before momentum, which is what
 """
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -40,13 +42,15 @@ def learning_rate_schedule(optim_cfg, steps_per_epoch: int, total_steps: int):
   return schedule
 
 
+# BatchNorm modules: Flax's default names and ours (bn1, stem_bn, proj_bn_0).
+_BN_NAME = re.compile(r"^BatchNorm|(^|_)bn(\d*)(_|$)")
+
+
 def _decay_mask(params, decay_bn: bool):
   """True for every leaf that is L2-decayed (all, or all but BN scale/bias)."""
   def mask_leaf(path, _):
-    names = [getattr(p, "key", "") for p in path]
-    is_bn = any(str(n).startswith("BatchNorm") or str(n).startswith("bn")
-                for n in names)
-    return decay_bn or not is_bn
+    names = [str(getattr(p, "key", "")) for p in path]
+    return decay_bn or not any(_BN_NAME.search(n) for n in names)
   return jax.tree_util.tree_map_with_path(mask_leaf, params)
 
 

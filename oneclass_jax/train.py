@@ -65,11 +65,15 @@ def init_state(model, tx, rng, image_shape):
   }
 
 
-def make_step_fn(model, method, tx, config):
-  """The per-device train step; `axis_name` names the device axis (or None)."""
+def make_loss_fn(model, method, config):
+  """Per-device loss: `(params, batch_stats, images, rng, step, axis_name)`.
 
-  def step_fn(state, images, rng, axis_name):
-    rng = jax.random.fold_in(rng, state["step"])
+  Returns `(global_loss, (sums, new_batch_stats))`, where the loss is already
+  reduced over `axis_name`, so its gradient is the global one.
+  """
+
+  def loss_fn(params, batch_stats, images, rng, step, axis_name):
+    rng = jax.random.fold_in(rng, step)
     local = images.shape[0]
     offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local
     # One key per example from its position in the *global* batch, so the
@@ -77,32 +81,44 @@ def make_step_fn(model, method, tx, config):
     keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(
         offset + jnp.arange(local))
     inputs, targets = method.make_inputs(keys, images, config)
+    outputs, new_vars = model.apply(
+        {"params": params, "batch_stats": batch_stats}, inputs, train=True,
+        mutable=["batch_stats"])
+    loss_sum, count, aux = method.loss(outputs, targets, config, axis_name)
+    # Differentiate the *globally reduced* loss: under shard_map the
+    # gradient w.r.t. replicated parameters is then already the global one
+    # (a pmean of local gradients would be N times too large).
+    sums = _psum((loss_sum, count, aux), axis_name)
+    return sums[0] / sums[1], (sums, new_vars["batch_stats"])
 
-    def loss_fn(params):
-      outputs, new_vars = model.apply(
-          {"params": params, "batch_stats": state["batch_stats"]}, inputs,
-          train=True, mutable=["batch_stats"])
-      loss_sum, count, aux = method.loss(outputs, targets, config, axis_name)
-      # Differentiate the *globally reduced* loss: under shard_map the
-      # gradient w.r.t. replicated parameters is then already the global one
-      # (a pmean of local gradients would be N times too large).
-      total = _psum((loss_sum, count, aux), axis_name)
-      return total[0] / total[1], (total, new_vars["batch_stats"])
+  return loss_fn
 
-    grads, ((loss_sum, count, aux), batch_stats) = jax.grad(
-        loss_fn, has_aux=True)(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = jax.tree.map(jnp.add, state["params"], updates)
+
+def apply_gradients(state, grads, batch_stats, sums, tx):
+  """The optimizer update and the step's metrics (pure, no collectives)."""
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  params = jax.tree.map(jnp.add, state["params"], updates)
+  new_state = {"step": state["step"] + 1, "params": params,
+               "batch_stats": batch_stats, "opt_state": opt_state}
+  loss_sum, count, aux = sums
+  metrics = {"loss": loss_sum / count, "grad_norm": _global_norm(grads),
+             **{k: v / count for k, v in aux.items()}}
+  return new_state, metrics
+
+
+def make_step_fn(model, method, tx, config):
+  """The per-device train step; `axis_name` names the device axis (or None)."""
+  loss_fn = make_loss_fn(model, method, config)
+
+  def step_fn(state, images, rng, axis_name):
+    grads, (sums, batch_stats) = jax.grad(loss_fn, has_aux=True)(
+        state["params"], state["batch_stats"], images, rng, state["step"],
+        axis_name)
     if axis_name is not None:
       # Per-device BN normalises with local statistics; the running averages
       # are averaged over devices, as Keras' MirroredStrategy does.
       batch_stats = jax.lax.pmean(batch_stats, axis_name)
-    new_state = {"step": state["step"] + 1, "params": params,
-                 "batch_stats": batch_stats, "opt_state": opt_state}
-    metrics = {"loss": loss_sum / count,
-               "grad_norm": _global_norm(grads),
-               **{k: v / count for k, v in aux.items()}}
-    return new_state, metrics
+    return apply_gradients(state, grads, batch_stats, sums, tx)
 
   return step_fn
 
@@ -244,9 +260,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   start = mngr.latest_step()
   if start is not None:
     # Always resume from the workdir's own latest checkpoint first.
-    state, data_state = checkpoint.restore(mngr, start,
-                                           checkpoint.abstract(state))
-    pipeline.set_iterator_state(data_iter, data_state)
+    state = checkpoint.restore(mngr, start, checkpoint.abstract(state),
+                               data_iter)
     logging.info("Resumed from step %d in %s.", start, workdir)
   start = int(start or 0)
 
@@ -292,8 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
             scalars["examples_per_sec"], _format_eta(eta))
         history, t_window, n_window = [], time.perf_counter(), 0
       if is_ckpt:
-        checkpoint.save(mngr, done, state,
-                        pipeline.get_iterator_state(data_iter))
+        checkpoint.save(mngr, done, state, data_iter)
   writer.close()
   mngr.close()
   logging.info("Trained to step %d in %.1f s.", last_step,

@@ -65,6 +65,23 @@ def _assert_trees_close(got, want, **tol):
   jax.tree.map(functools.partial(np.testing.assert_allclose, **tol), got, want)
 
 
+def _numpy_variables(model, x, seed=0):
+  """He-scaled random variables for `model`, skipping the slow jitted init."""
+  shapes = jax.eval_shape(functools.partial(model.init, jax.random.key(0), x,
+                                            train=False))
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = path[-1].key
+    if name == 'kernel':
+      value = rng.normal(size=leaf.shape) * np.sqrt(
+          2 / np.prod(leaf.shape[:-1]))
+    else:
+      value = np.full(leaf.shape, float(name in ('scale', 'var')))
+    return jnp.asarray(value, jnp.float32)
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
 def _param_count(model, size=32):
   variables = jax.eval_shape(functools.partial(
       model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)),
@@ -269,12 +286,11 @@ def test_cross_replica_vs_per_device_batchnorm_in_shard_map():
     return out['pools'], new['batch_stats']
 
   @jax.jit
-  def unsharded(key, xs):
-    v = local.init(key, xs[:1], train=False)
+  def unsharded(v, xs):
     # vmap keeps BN statistics per chunk: the per-device reference.
     chunks = jax.vmap(lambda c: train_apply(local, v, c)[0])(
         xs.reshape(8, 2, *xs.shape[1:]))
-    return v, train_apply(local, v, xs), chunks.reshape(16, -1)
+    return train_apply(local, v, xs), chunks.reshape(16, -1)
 
   @jax.jit
   def sharded(v, xs):
@@ -285,8 +301,8 @@ def test_cross_replica_vs_per_device_batchnorm_in_shard_map():
                                out_specs=P('data'), **specs)(v, xs)
     return cross, per_device
 
-  variables, (full_pools, full_stats), chunk_pools = unsharded(
-      jax.random.key(0), x)
+  variables = _numpy_variables(local, x[:1])
+  (full_pools, full_stats), chunk_pools = unsharded(variables, x)
   # An Explicit mesh wants the inputs already laid out as in_specs says.
   (pools, stats), per_device_pools = sharded(
       jax.device_put(variables, jax.NamedSharding(mesh, P())),
@@ -371,13 +387,9 @@ def test_identity_head_and_single_linear_head():
 def test_decoder_shape_and_range(size, channels):
   dec = decoder_lib.Decoder(image_size=size, channels=channels, width=4)
   f = jax.random.normal(jax.random.key(6), (2, 16)) * 10
-
-  @jax.jit
-  def run(key):
-    variables = dec.init(key, f, train=False)
-    return dec.apply(variables, f, train=True, mutable=['batch_stats'])[0]
-
-  out = run(jax.random.key(0))
+  apply = jax.jit(functools.partial(dec.apply, train=True,
+                                    mutable=['batch_stats']))
+  out, _ = apply(_numpy_variables(dec, f), f)
   assert out.shape == (2, size, size, channels)
   assert out.min() >= 0 and out.max() <= 1
   assert np.abs(out[0] - out[1]).max() > 1e-3  # depends on f
@@ -429,14 +441,11 @@ def test_forward_pass_and_bfloat16_compute():
   bf16 = f32.clone(dtype=jnp.bfloat16)
 
   @jax.jit
-  def run(key):
-    variables = f32.init(key, x, train=False)
-    apply = functools.partial(f32.apply, variables, x, train=True,
-                              mutable=['batch_stats'])
-    return (variables, apply()[0],
+  def run(variables):
+    return (f32.apply(variables, x, train=True, mutable=['batch_stats'])[0],
             bf16.apply(variables, x, train=True, mutable=['batch_stats']))
 
-  variables, want, (got, stats) = run(jax.random.key(0))
+  want, (got, stats) = run(_numpy_variables(f32, x))
   assert {v.dtype for v in jax.tree.leaves(jax.eval_shape(functools.partial(
       bf16.init, jax.random.key(0), x, train=False)))} == {
           jnp.dtype('float32')}

@@ -73,3 +73,19 @@ def test_unknown_schedule_and_optimizer():
     optim.make_optimizer(_cfg(schedule="linear"), 1, 1)
   with pytest.raises(ValueError, match="Unknown optimizer"):
     optim.make_optimizer(_cfg(name="adam"), 1, 1)
+
+
+def test_decay_mask_finds_every_batchnorm_of_the_model():
+  from oneclass_jax import models  # pylint: disable=g-import-not-at-top
+  model = models.build_model(dict(
+      backbone="resnet10", width=0.125, stem_width=8, head_depth=2,
+      head_width=16, head_out_dim=8, image_size=32, num_classes=4))
+  params = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((2, 32, 32, 3)), train=False))["params"]
+  mask = optim._decay_mask(params, decay_bn=False)
+  for path, decayed in jax.tree_util.tree_leaves_with_path(mask):
+    name = jax.tree_util.keystr(path)
+    # BN scales are the only 'scale' leaves; BN biases sit beside them.
+    is_bn = "bn" in name and (name.endswith("['scale']") or
+                              name.endswith("['bias']"))
+    assert decayed != is_bn, name

@@ -521,3 +521,20 @@ def augment_batch(keys, images_uint8, cfg, view_index=0,
   images = to_float(images_uint8)
   one = lambda k, x: view_augment(k, x, cfg, view_index, jitter_orders)
   return jax.vmap(one)(keys, images)
+
+
+def make_views(keys, images_uint8, augment_config, num_views, seed):
+  """`num_views` independent views of a batch: a list of float32 [B,H,W,3].
+
+  View v of example i uses `fold_in(keys[i], v)`. `augment_config` is a
+  ConfigDict (or mapping) of ViewAugmentConfig fields; with `authors_code`
+  the per-view jitter orders are frozen from `seed`, as their code did.
+  """
+  cfg = ViewAugmentConfig.from_config(augment_config)
+  orders = fixed_jitter_orders(seed, num_views) if cfg.authors_code else None
+  views = []
+  for v in range(num_views):
+    view_keys = jax.vmap(lambda key, v=v: jax.random.fold_in(key, v))(keys)
+    views.append(augment_batch(view_keys, images_uint8, cfg, view_index=v,
+                               jitter_orders=orders))
+  return views

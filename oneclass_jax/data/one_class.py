@@ -2,15 +2,16 @@
 
 `make(cfg)` turns a dataset and an inlier class into the sets a run needs:
 
-* `train`: inlier images of the train split (label 0), each copy under every
-  distribution-augmentation transform a distinct instance. With
+* `train`: inlier images of the train split (label 0), one copy per
+  distribution-augmentation transform, each copy a distinct instance. With
   `contamination > 0` a fraction of it is replaced by outliers from the other
   classes' train images; the size stays the same (paper Sec. 5.3 / A.3: "the
   total amount of training examples for different settings remain
   unchanged"). The learner must not see which ones: every `train` record says
   `label` 0, and the truth is kept in `true_label` for analysis only.
 * `fit`: the same images without distribution augmentation, for fitting the
-  one-class detector, optionally a random subset of `fit_cap` (Fig. 5b/c).
+  one-class detector, optionally a random subset of `fit_cap` (Fig. 5b/c; a
+  cap above the number of images is clamped, with a warning).
 * `test`: the whole test split, label 0 for the inlier class, 1 otherwise.
 * `val` (with `validation=True`, App. A.4): 10% of the inlier train images
   held out (training keeps the other 90%) plus as many outliers drawn from
@@ -33,6 +34,7 @@ flip, i.e. `np.flip(np.rot90(image, k), axis=1)`, exactly as the authors'
 code flips each rotated copy (it equals hflip first, then rotating by 4 - k).
 """
 import dataclasses
+import operator
 from typing import Any, Optional
 import warnings
 
@@ -113,7 +115,7 @@ class OneClassSource:
     return np.tile(self._true, len(self._transforms))
 
   def __getitem__(self, index) -> dict[str, Any]:
-    index = int(index)
+    index = operator.index(index)
     if not 0 <= index < len(self):
       raise IndexError(f"record {index} out of range [0, {len(self)}).")
     t, j = divmod(index, len(self._rows))
@@ -181,8 +183,9 @@ def make(cfg) -> OneClassData:
 
   Raises:
     ValueError: bad inlier class (out of range or no train images),
-      contamination outside [0, 1), negative fit_cap, unknown dist_aug, or
-      too few outliers for validation or contamination.
+      contamination outside [0, 1), negative fit_cap, unknown dist_aug (or a
+      rotating one on non-square images), or too few outliers for
+      validation or contamination.
   """
   name = cfg.name
   seed = int(getattr(cfg, "seed", 0))
@@ -199,6 +202,10 @@ def make(cfg) -> OneClassData:
                source_dir=getattr(cfg, "source_dir", None))
   train_split = sources.load(name, "train", **paths)
   test_split = sources.load(name, "test", **paths)
+  height, width = train_split.image_shape[:2]
+  if height != width and any(t >= 2 for t in transforms):
+    raise ValueError(f"dist_aug {dist_aug!r} rotates, but {name} images are "
+                     f"{height}x{width}, not square.")
   inlier = _inlier_class(cfg.inlier_class, train_split, name)
   inliers = np.flatnonzero(train_split.labels == inlier)
   outlier_pool = np.flatnonzero(train_split.labels != inlier)
@@ -247,6 +254,7 @@ def make(cfg) -> OneClassData:
       "dataset": name,
       "inlier_class": inlier,
       "inlier_name": train_split.class_names[inlier],
+      "num_classes": int(train_split.num_classes),
       "seed": seed,
       "validation": validation,
       "contamination": contamination,

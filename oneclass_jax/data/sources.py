@@ -16,12 +16,13 @@ one cheap array (cached as `.npy` beside the prepared data).
 | `celeba_eyeglasses` | tfds `celeb_a`; label = `attributes/Eyeglasses` | 1 (inlier: no eyeglasses, label 0) | crop `[40:-20, 10:-10]` (158x158), PIL bicubic resize to 64x64x3 | no |
 | `image_folder` | any `root/<split>/<label>/*.{jpg,jpeg,png}` via `source_dir` | one per label folder (sorted names) | as stored (all images of one shape) | yes (any folder) |
 
-Cats-vs-Dogs has only a `train` split in tfds (23,262 images). The authors
-drew 10,000 train and 2,500 test images per class from Kaggle's 12,500; tfds
-has fewer per class, so here the test split is 2,500 images per class (at most
-half of a class) drawn with `np.random.RandomState(0)` (the authors' seed),
-and the train split is the rest of that class (about 9,100 per class). The
-split is fixed: it does not depend on any experiment seed.
+Cats-vs-Dogs has only a `train` split in tfds: 23,262 of Kaggle's 25,000
+images. The authors drew 10,000 train and 2,500 test images per class from
+Kaggle's 12,500; tfds has fewer per class, so here the test split is 2,500
+images per class (at most half of a class) drawn with
+`np.random.RandomState(0)` (the authors' seed), and the train split is the
+rest of that class (roughly 9,100 per class). The split is fixed: it does not
+depend on any experiment seed.
 
 Where the data comes from, in this order:
   1. a local source: `source_dir` if given, else a known local copy (the
@@ -30,8 +31,11 @@ Where the data comes from, in this order:
      `oneclass_image_folder`); its config name holds the dataset name and a
      fingerprint of the source (path, file names, sizes and modification
      times), so two folders never collide and an edited folder is converted
-     again. tfds writes into an `incomplete.*` folder and renames it only when
-     everything is written, so an interrupted conversion never reads as done.
+     again. The converted records are the final images (preprocessing runs
+     once, at conversion). tfds writes into an `incomplete.*` folder and
+     renames it only when everything is written, so an interrupted conversion
+     never reads as done; the label cache is written (atomically) only into a
+     complete conversion.
   2. a tfds catalog dataset already prepared as array_record in `data_dir`.
   3. otherwise FileNotFoundError saying how to get the data.
 `data_dir` defaults to `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`. Nothing
@@ -246,6 +250,13 @@ class SplitSource:
       return len(self._rows)
     return len(self._data_source)
 
+  @property
+  def rows(self) -> np.ndarray:
+    """Position of each record in the underlying tfds split."""
+    if self._rows is None:
+      return np.arange(len(self._data_source))
+    return self._rows
+
   def _row(self, index) -> int:
     index = operator.index(index)
     if not 0 <= index < len(self):
@@ -344,7 +355,8 @@ def _cached_labels(cache: Optional[pathlib.Path], data_source,
 # Local sources: IDX files and image folders, converted once with tfds.
 
 
-def _idx_path(root: pathlib.Path, split: str, kind: str) -> Optional[pathlib.Path]:
+def _idx_path(root: pathlib.Path, split: str,
+              kind: str) -> Optional[pathlib.Path]:
   stem = f"{_IDX_PREFIX[split]}-{kind}-ubyte"
   for name in (stem + ".gz", stem):
     if (root / name).is_file():
@@ -388,7 +400,8 @@ def _image_files(directory: str) -> list[tuple[str, int, int]]:
   files = []
   with os.scandir(directory) as entries:
     for e in entries:
-      if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
+      extension = os.path.splitext(e.name)[1].lower()
+      if e.is_file() and extension in IMAGE_EXTENSIONS:
         st = e.stat()
         files.append((e.name, st.st_size, st.st_mtime_ns))
   return sorted(files)
@@ -442,6 +455,9 @@ class LocalConfig(tfds.core.BuilderConfig):
   splits: tuple[str, ...] = ()
   class_names: tuple[str, ...] = ()
   image_shape: tuple[int, int, int] = (0, 0, 3)
+
+  def __repr__(self) -> str:  # tfds logs it on every load: keep it short.
+    return f"LocalConfig({self.name} from {self.source_dir})"
 
 
 class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -640,8 +656,11 @@ def _load_local(spec, split, root, data_dir) -> Split:
     try:
       builder = _folder_builder(spec, root, data_dir)
     except FileNotFoundError as e:
-      raise FileNotFoundError(f"{e} {spec.name} also accepts "
-                              f"{_layout_help(spec)}.") from e
+      if not spec.supports_idx:
+        raise
+      raise FileNotFoundError(f"{e} {spec.name} also accepts the four IDX "
+                              "files {train,t10k}-{images-idx3,labels-idx1}-"
+                              "ubyte[.gz].") from e
   if split not in builder.builder_config.splits:
     raise ValueError(f"split {split!r} not found in {root}; found "
                      f"{list(builder.builder_config.splits)}.")

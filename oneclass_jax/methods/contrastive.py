@@ -19,11 +19,7 @@ from oneclass_jax.data import augment
 
 def make_inputs(keys, images, config):
   """uint8 [B,H,W,3] -> two independent views, stacked [2B,H,W,3]."""
-  views = []
-  for v in range(2):
-    view_keys = jax.vmap(lambda key, v=v: jax.random.fold_in(key, v))(keys)
-    views.append(augment.augment_batch(view_keys, images, config.augment,
-                                       view_index=v))
+  views = augment.make_views(keys, images, config.augment, 2, config.seed)
   return jnp.concatenate(views), None
 
 

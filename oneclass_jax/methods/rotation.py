@@ -17,12 +17,10 @@ NUM_ROTATIONS = 4
 
 def make_inputs(keys, images, config):
   """uint8 [B,H,W,3] -> inputs [4B,H,W,3] (view-major) and targets [4B]."""
-  views = []
-  for k in range(NUM_ROTATIONS):
-    view_keys = jax.vmap(lambda key, k=k: jax.random.fold_in(key, k))(keys)
-    view = augment.augment_batch(view_keys, images, config.augment,
-                                 view_index=k)
-    views.append(jax.vmap(lambda im, k=k: augment.rot90(im, k))(view))
+  views = augment.make_views(keys, images, config.augment, NUM_ROTATIONS,
+                             config.seed)
+  views = [jax.vmap(lambda im, k=k: augment.rot90(im, k))(view)
+           for k, view in enumerate(views)]
   targets = jnp.repeat(jnp.arange(NUM_ROTATIONS), images.shape[0])
   return jnp.concatenate(views), targets
 
