@@ -102,6 +102,14 @@ def extract(model, variables, source, mesh, *, batch_size: int,
   return result
 
 
+def _split_names(names) -> list[str]:
+  """Detector names from a list, a tuple or 'kde,ocsvm' (command lines)."""
+  if isinstance(names, str):
+    names = [names]
+  return [n.strip() for item in names for n in str(item).split(",")
+          if n.strip()]
+
+
 def labels_of(source) -> np.ndarray:
   return np.asarray([source[i]["label"] for i in range(len(source))])
 
@@ -124,7 +132,7 @@ def _aucs(labels, scores: dict) -> dict:
 def evaluate_state(config, workdir, model, state, data, mesh, *,
                    detector_names=None, embedding=None) -> dict:
   """Scores the test set with every detector; writes results.json."""
-  detector_names = list(detector_names or config.eval.detectors)
+  detector_names = _split_names(detector_names or config.eval.detectors)
   embedding = embedding or config.eval.embedding
   if embedding not in EMBEDDING_KEYS:
     raise ValueError(f"Unknown embedding {embedding!r}; use 'f' or 'g'.")

@@ -6,6 +6,7 @@ r"""Stage 1 (and the final stage-2 evaluation) from the command line.
 Kept deliberately thin: flags, optional multi-host initialisation, then
 `train.train_and_evaluate(config, workdir)`.
 """
+import logging as std_logging
 import os
 
 from absl import app
@@ -24,6 +25,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Orbax logs several INFO lines per checkpoint; keep the log readable.
+  logging.get_absl_handler().addFilter(
+      lambda record: "orbax" not in record.pathname or
+      record.levelno >= std_logging.WARNING)
   import jax  # pylint: disable=g-import-not-at-top
   # Multi-host runs (TPU pods, several GPU hosts) set this in their launcher;
   # a single machine needs nothing.

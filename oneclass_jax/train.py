@@ -37,6 +37,7 @@ from oneclass_jax import optim
 from oneclass_jax import parallel
 from oneclass_jax.data import one_class
 from oneclass_jax.data import pipeline
+from oneclass_jax.mvtec import data as mvtec_data
 
 
 def build_model(config, *, bn_axis_name=None):
@@ -154,7 +155,10 @@ class Run:
 
 def setup(config, mesh) -> Run:
   """Data (the one-class protocol), model, optimizer and state initialiser."""
-  data = one_class.make(config.data)
+  if config.data.name == "mvtec":
+    data = mvtec_data.make(config)  # Patches of one MVTec category.
+  else:
+    data = one_class.make(config.data)
   steps_per_epoch = len(data.train) // config.batch_size
   if steps_per_epoch == 0:
     raise ValueError(f"The training set has {len(data.train)} images, fewer "
@@ -315,7 +319,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   if last_step < total_steps:
     return None  # A partial run (max_steps_this_run): no final evaluation.
 
-  from oneclass_jax import evaluate  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  if config.data.name == "mvtec":
+    from oneclass_jax.mvtec import evaluate
+  else:
+    from oneclass_jax import evaluate
+  # pylint: enable=g-import-not-at-top
   return evaluate.evaluate_state(config, workdir, model, state, data, mesh)
 
 

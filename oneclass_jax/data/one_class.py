@@ -198,8 +198,9 @@ def make(cfg) -> OneClassData:
     raise ValueError(f"contamination must be in [0, 1), got {contamination}.")
   if fit_cap < 0:
     raise ValueError(f"fit_cap must be >= 0 (0 = no cap), got {fit_cap}.")
-  paths = dict(data_dir=getattr(cfg, "data_dir", None),
-               source_dir=getattr(cfg, "source_dir", None))
+  # Configs use '' for "not set" (ml_collections cannot override None).
+  paths = dict(data_dir=getattr(cfg, "data_dir", None) or None,
+               source_dir=getattr(cfg, "source_dir", None) or None)
   train_split = sources.load(name, "train", **paths)
   test_split = sources.load(name, "test", **paths)
   height, width = train_split.image_shape[:2]
