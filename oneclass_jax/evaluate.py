@@ -14,6 +14,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import pickle
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -47,58 +49,58 @@ def make_embed_fn(model, mesh, *, rotations: bool):
     result = {"pools": out["pools"].astype(jnp.float32),
               "embeds": out["embeds"].astype(jnp.float32)}
     if rotations:
-      # The rotation classifier's view of rot90(x, k) for k = 0..3 (Table 1).
+      # The rotation classifier's view of rot90(x, k) for k = 0..3 (Table 1),
+      # computed per image before any gathering (the authors' multi-GPU
+      # evaluation mixed views across replicas).
       result["rot_logits"] = jnp.stack([
           model.apply(variables, jnp.rot90(x, k, axes=(1, 2)),
                       train=False)["logits"].astype(jnp.float32)
-          for k in range(4)], axis=0)
+          for k in range(4)], axis=1)
     return result
 
-  out_specs = {"pools": P(parallel.AXIS), "embeds": P(parallel.AXIS)}
-  if rotations:
-    out_specs["rot_logits"] = P(None, parallel.AXIS)
   return jax.jit(jax.shard_map(per_device, mesh=mesh,
                                in_specs=(P(), P(parallel.AXIS)),
-                               out_specs=out_specs))
+                               out_specs=P(parallel.AXIS)))
 
 
 def extract(model, variables, source, mesh, *, batch_size: int,
             rotations: bool = False) -> dict:
   """Embeddings of every record of `source`, in source order, no padding.
 
-  Batches are padded to a multiple of the device count with masked rows;
-  rows are put back in order by their `index`, so nothing is lost or
-  duplicated whatever the batch and device count.
+  Each host reads a contiguous part of the source in padded batches (masked
+  rows); outputs are gathered from all hosts and the real rows are put back
+  in source order, so nothing is lost or duplicated whatever the batch,
+  device and host count. `rot_logits` is [4 views, N, 4 classes].
   """
-  n_dev = mesh.devices.size
-  batch_size = max(n_dev, batch_size // n_dev * n_dev)
+  n_dev, hosts = mesh.devices.size, jax.process_count()
+  local_batch = max(n_dev, batch_size // n_dev * n_dev) // hosts
   embed = make_embed_fn(model, mesh, rotations=rotations)
   variables = parallel.replicate(variables, mesh)
-  chunks, indices = [], []
+  outputs, masks = [], []
   with jax.set_mesh(mesh):
-    for batch in pipeline.inference_batches(source, batch_size=batch_size):
+    for batch in pipeline.inference_batches(source, batch_size=local_batch):
       images = parallel.to_global({"image": batch["image"]}, mesh)["image"]
-      out = embed(variables, images)
-      out = jax.tree.map(np.asarray, multihost_utils.process_allgather(
-          out, tiled=True))
-      mask = multihost_utils.process_allgather(batch["_mask"], tiled=True)
-      index = multihost_utils.process_allgather(batch["index"], tiled=True)
-      mask = np.asarray(mask, bool)
-      if "rot_logits" in out:
-        out["rot_logits"] = out["rot_logits"][:, mask]
-      chunks.append({k: (v if k == "rot_logits" else v[mask])
-                     for k, v in out.items()})
-      indices.append(np.asarray(index)[mask])
-  order = np.argsort(np.concatenate(indices), kind="stable")
+      gathered = multihost_utils.process_allgather(
+          {"out": embed(variables, images), "mask": batch["_mask"]},
+          tiled=True)
+      # [hosts * local, ...] -> [hosts, local, ...]: host parts side by side.
+      split = jax.tree.map(
+          lambda x: np.asarray(x).reshape(hosts, local_batch, *x.shape[1:]),
+          gathered)
+      outputs.append(split["out"])
+      masks.append(split["mask"])
+  # [batches, hosts, local] -> [hosts, batches, local]: host 0's part first,
+  # which is the source order.
+  mask = np.swapaxes(np.stack(masks), 0, 1)
   result = {}
-  for key in chunks[0]:
-    axis = 1 if key == "rot_logits" else 0
-    result[key] = np.concatenate([c[key] for c in chunks], axis=axis).take(
-        order, axis=axis)
-  if len(order) != len(source):
-    raise RuntimeError(f"Extracted {len(order)} rows for {len(source)} "
-                       "records; the inference pipeline lost or duplicated "
-                       "rows.")
+  for key in outputs[0]:
+    stacked = np.swapaxes(np.stack([o[key] for o in outputs]), 0, 1)
+    result[key] = pipeline.unpad([stacked], [mask])
+  if "rot_logits" in result:
+    result["rot_logits"] = np.swapaxes(result["rot_logits"], 0, 1)
+  if len(result["pools"]) != len(source):
+    raise RuntimeError(f"Extracted {len(result['pools'])} rows for "
+                       f"{len(source)} records.")
   return result
 
 
@@ -114,15 +116,55 @@ def labels_of(source) -> np.ndarray:
   return np.asarray([source[i]["label"] for i in range(len(source))])
 
 
+def fit_detectors(names, fit_features) -> dict:
+  # Each detector L2-normalises its input itself when it should (all but
+  # the linear OC-SVM, which the authors ran on raw f).
+  return {name: detectors.get(name).fit(fit_features) for name in names}
+
+
 def fit_and_score(names, fit_features, test_features) -> dict:
   """{detector: anomaly scores of the test set} for fitted detectors."""
-  scores = {}
-  for name in names:
-    # Each detector L2-normalises its input itself when it should (all but
-    # the linear OC-SVM, which the authors ran on raw f).
-    det = detectors.get(name).fit(fit_features)
-    scores[name] = np.asarray(det.score(test_features), np.float64)
-  return scores
+  return {name: np.asarray(det.score(test_features), np.float64)
+          for name, det in fit_detectors(names, fit_features).items()}
+
+
+def heldout_scores(names, fit_features, seed, holdout=0.1) -> dict:
+  """Scores of held-out inliers under detectors fitted on the other ones.
+
+  The deployed detectors are fitted on all inliers (so `score` reproduces the
+  evaluation exactly); their threshold for a target false-positive rate is
+  the quantile of these out-of-sample inlier scores, which needs no outlier.
+  """
+  rng = np.random.default_rng(seed)
+  order = rng.permutation(len(fit_features))
+  n_out = max(1, int(round(holdout * len(order))))
+  out, rest = order[:n_out], order[n_out:]
+  return fit_and_score(names, fit_features[rest], fit_features[out])
+
+
+def save_detectors(workdir, fitted: dict, heldout: dict, embedding: str,
+                   step: int) -> None:
+  """Pickles the fitted detectors and held-out scores for `score`.
+
+  The set is written to a fresh folder that then replaces the old one, so
+  `detectors/` always holds one evaluation's detectors, never a mix.
+  """
+  root = os.path.join(workdir, "detectors")
+  tmp = f"{root}.tmp.{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  for name, det in fitted.items():
+    with open(os.path.join(tmp, f"{name}.pkl"), "wb") as f:
+      pickle.dump(det, f)
+  np.savez(os.path.join(tmp, "heldout_scores.npz"), **heldout)
+  with open(os.path.join(tmp, "meta.json"), "w") as f:
+    json.dump({"embedding": embedding, "step": step,
+               "detectors": sorted(fitted)}, f)
+  old = f"{root}.old.{os.getpid()}"
+  if os.path.exists(root):
+    os.replace(root, old)
+  os.replace(tmp, root)
+  shutil.rmtree(old, ignore_errors=True)
 
 
 def _aucs(labels, scores: dict) -> dict:
@@ -153,7 +195,9 @@ def evaluate_state(config, workdir, model, state, data, mesh, *,
   for split, emb in (("fit", fit_emb), ("test", test_emb)):
     detectors.check_features(emb[key], f"{split} embeddings ({embedding})")
   test_labels = labels_of(data.test)
-  scores = fit_and_score(fitted, fit_emb[key], test_emb[key])
+  fitted_dets = fit_detectors(fitted, fit_emb[key])
+  scores = {name: np.asarray(det.score(test_emb[key]), np.float64)
+            for name, det in fitted_dets.items()}
   if rotations:
     for name, s in rotation_score.rotation_scores(
         test_emb["rot_logits"]).items():
@@ -182,6 +226,9 @@ def evaluate_state(config, workdir, model, state, data, mesh, *,
     _write_atomic(os.path.join(workdir, "scores.npz"),
                   lambda f: np.savez(f, labels=test_labels, **scores),
                   mode="wb")
+    save_detectors(workdir, fitted_dets,
+                   heldout_scores(fitted, fit_emb[key], config.seed),
+                   embedding, step)
   _log_table(results)
   return results
 

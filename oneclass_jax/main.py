@@ -7,7 +7,6 @@ Kept deliberately thin: flags, optional multi-host initialisation, then
 `train.train_and_evaluate(config, workdir)`.
 """
 import logging as std_logging
-import os
 
 from absl import app
 from absl import flags
@@ -29,15 +28,21 @@ def main(argv):
   logging.get_absl_handler().addFilter(
       lambda record: "orbax" not in record.pathname or
       record.levelno >= std_logging.WARNING)
-  import jax  # pylint: disable=g-import-not-at-top
-  # Multi-host runs (TPU pods, several GPU hosts) set this in their launcher;
-  # a single machine needs nothing.
-  if os.environ.get("ONECLASS_JAX_DISTRIBUTED"):
-    jax.distributed.initialize()
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from oneclass_jax import distributed
+  # pylint: enable=g-import-not-at-top
+  # Multi-process runs (launch/*.sh: TPU VMs, several GPU hosts, N local
+  # processes) set ONECLASS_JAX_DISTRIBUTED=1; a single process needs nothing.
+  distributed.initialize()
   logging.info("JAX process %d/%d, local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
   from oneclass_jax import train  # pylint: disable=g-import-not-at-top
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except Exception as e:  # pylint: disable=broad-except
+    distributed.failure_exit(e)  # Multi-process: logs the fix and exits.
+    raise
 
 
 if __name__ == "__main__":

@@ -26,10 +26,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 from jax.sharding import PartitionSpec as P
 
 from oneclass_jax import checkpoint
 from oneclass_jax import config_lib
+from oneclass_jax import distributed
 from oneclass_jax import methods
 from oneclass_jax import metric_writers
 from oneclass_jax import models
@@ -196,35 +198,36 @@ def validate(config) -> None:
 
 
 def _prepare_workdir(workdir: str, config) -> None:
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise PermissionError(f"Workdir {workdir!r} is not writable ({e}); pass "
-                          "a --workdir you can write to.") from e
-  path = os.path.join(workdir, "config.json")
+  # epath: the workdir may be a gs:// URL. Every process checks the config
+  # (so all fail alike); only process 0 writes.
+  root = epath.Path(workdir)
+  path = root / "config.json"
   current = config_lib.to_dict(config)
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+  if path.exists():
+    saved = json.loads(path.read_text())
     diff = config_lib.config_diff(saved, current)
-    if diff and os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if diff and (root / "checkpoints").is_dir():
       raise ValueError(
           f"Workdir {workdir!r} holds a run with a different config; refusing "
           "to resume. Differing fields:\n  " + "\n  ".join(diff) +
           "\nUse a new --workdir, or the same config to resume.")
-  if jax.process_index() == 0:
-    _write_json_atomic(path, current)
+  if jax.process_index() != 0:
+    return
+  try:
+    root.mkdir(parents=True, exist_ok=True)
+    probe = root / ".write_test"
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise PermissionError(f"Workdir {workdir!r} is not writable ({e}); pass "
+                          "a --workdir you can write to.") from e
+  _write_json_atomic(path, current)
 
 
-def _write_json_atomic(path: str, obj) -> None:
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+def _write_json_atomic(path: epath.Path, obj) -> None:
+  tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+  tmp.replace(path)
 
 
 class _NonFiniteLoss(FloatingPointError):
@@ -254,7 +257,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   method = methods.get(config.method)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   state = run.init_fn(init_rng)
-  step_rng = parallel.replicate(step_rng, mesh)
+  # A typed key cannot be put on other processes' devices; its data can.
+  step_rng = jax.random.wrap_key_data(
+      parallel.replicate(jax.random.key_data(step_rng), mesh))
 
   loader = pipeline.train_loader(data.train,
                                  global_batch_size=config.batch_size,
@@ -281,7 +286,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
   history, t_window, n_window = [], time.perf_counter(), 0
   t_start = t_window
-  with jax.set_mesh(mesh):
+  guard = distributed.PreemptionGuard()
+  with guard, jax.set_mesh(mesh):
     for step in range(start, last_step):
       batch = next(data_iter)
       images = parallel.to_global({"image": batch["image"]}, mesh)["image"]
@@ -289,9 +295,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       history.append((step + 1, metrics))
       n_window += 1
       done = step + 1
-      is_log = done % config.log_every_steps == 0 or done == last_step
+      # Asked by every process every step: after SIGTERM all of them save
+      # the same step and stop.
+      stop = guard.should_stop(done)
+      is_log = (done % config.log_every_steps == 0 or done == last_step or
+                stop)
       is_ckpt = (done % config.checkpoint_every_steps == 0 or
-                 done == last_step)
+                 done == last_step or stop)
       if not (is_log or is_ckpt):
         continue
       history = [(s, jax.device_get(m)) for s, m in history]
@@ -312,8 +322,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         history, t_window, n_window = [], time.perf_counter(), 0
       if is_ckpt:
         checkpoint.save(mngr, done, state, data_iter)
+      if stop:
+        break
   writer.close()
   mngr.close()
+  if guard.stopped_at is not None:
+    raise distributed.Preempted(guard.stopped_at)  # Exit status 143.
   logging.info("Trained to step %d in %.1f s.", last_step,
                time.perf_counter() - t_start)
   if last_step < total_steps:

@@ -26,10 +26,10 @@ def base_config(arg: str | None, **extra) -> ml_collections.ConfigDict:
     **extra: more variant keys with their defaults (e.g. dist_aug).
 
   Returns:
-    An unlocked ConfigDict with the `mvtec` block; `data.inlier_class`
-    follows `mvtec.category` and `model.image_size` follows
-    `mvtec.patch_size` (field references, so command-line overrides of the
-    latter move the former). Callers read their `extra` keys with
+    An unlocked ConfigDict with the `mvtec` block. `data.inlier_class` and
+    `mvtec.category` share one field reference, and so do
+    `model.image_size` and `mvtec.patch_size`: overriding either one on the
+    command line sets both. Callers read their `extra` keys with
     `parse_variant(arg, **extra)`.
   """
   parsed = parse_variant(arg, **extra)

@@ -93,8 +93,8 @@ def greedy_coreset(features, size: int, *, seed: int = 0,
   if size >= n:
     return np.arange(n)
   rng = np.random.default_rng(seed)
-  if x.dtype != np.float64:
-    x = x.astype(np.float32)
+  use_f64 = x.dtype == np.float64 and jax.config.jax_enable_x64
+  x = x.astype(np.float64 if use_f64 else np.float32)
   if projection_dim and projection_dim < d:
     proj = rng.normal(size=(d, projection_dim)) / np.sqrt(projection_dim)
     x = x @ proj.astype(x.dtype)
