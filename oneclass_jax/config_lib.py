@@ -1,8 +1,9 @@
 """Config helpers shared by `configs/*.py` and the binaries.
 
-Durations: a config sets exactly one of `total_epochs` or `total_steps` (the other
-stays -1); `num_train_steps` is the one place where it is turned into steps, so
-schedules, checkpoints and logs never disagree about what an epoch is.
+Durations: `total_epochs` or `total_steps`; a positive `total_steps` wins, so
+`--config.total_steps=100` alone shortens any config. `num_train_steps` is the
+one place where they become steps, so schedules, checkpoints and logs never
+disagree about what an epoch is.
 """
 from __future__ import annotations
 
@@ -42,11 +43,11 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 
 def num_train_steps(config: ml_collections.ConfigDict,
                     steps_per_epoch: int) -> int:
-  """Total optimizer steps from `total_epochs` or `total_steps` (exactly one)."""
+  """Total optimizer steps: `total_steps` if > 0, else `total_epochs`."""
   epochs, steps = config.get("total_epochs", -1), config.get("total_steps", -1)
-  if (epochs > 0) == (steps > 0):
-    raise ValueError("Set exactly one of config.total_epochs and "
-                     f"config.total_steps > 0 (got {epochs} and {steps}).")
+  if epochs <= 0 and steps <= 0:
+    raise ValueError("Set config.total_epochs or config.total_steps > 0 "
+                     f"(got {epochs} and {steps}).")
   if steps_per_epoch <= 0:
     raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}.")
   if steps > 0:
@@ -107,6 +108,7 @@ def base_config(arg) -> ml_collections.ConfigDict:
       validation=False,  # Hold out 10% inliers + as many outliers (A.4).
       contamination=0.0,  # Outlier ratio in the training set (Section 5.3).
       fit_cap=0,         # Max inliers to fit the detector (0 = all).
+      train_cap=0,       # Max inliers to train f (0 = all; Figure 9).
       dist_aug="none",   # Distribution augmentation (Section 3.1.3).
   ))
   c.augment = ml_collections.ConfigDict(dict(

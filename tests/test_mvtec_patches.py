@@ -189,7 +189,8 @@ def test_coreset_size_and_degenerate_cases():
   sel = memory_bank.greedy_coreset(x, 12, seed=0, projection_dim=4)
   assert len(sel) == 12 and len(set(sel.tolist())) == 12
   assert sel.min() >= 0 and sel.max() < 50
-  np.testing.assert_array_equal(memory_bank.greedy_coreset(x, 80), np.arange(50))
+  np.testing.assert_array_equal(memory_bank.greedy_coreset(x, 80),
+                                np.arange(50))
   # Duplicated rows: indices stay distinct even when distances are all 0.
   dup = np.repeat(x[:3], 5, axis=0)
   assert len(set(memory_bank.greedy_coreset(dup, 6).tolist())) == 6

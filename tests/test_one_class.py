@@ -309,3 +309,28 @@ def test_rotation_needs_square_images(tmp_path):
     one_class.make(cfg)
   cfg.dist_aug = "hflip"
   assert len(one_class.make(cfg).train) == 2
+
+
+def test_train_cap_limits_the_representation_set_only(tmp_path):
+  """Figure 9: fewer training images for f, the detector still sees all."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from oneclass_jax.data import one_class as oc  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "folder"
+  rng = np.random.default_rng(0)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for split, n in (("train", 30), ("test", 4)):
+    for label in ("a", "b"):
+      (root / split / label).mkdir(parents=True)
+      for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+            root / split / label / f"{i}.png")
+  cfg = ml_collections.ConfigDict(dict(
+      name="image_folder", inlier_class=0, source_dir=str(root),
+      data_dir=str(tmp_path / "tfds"), seed=3, train_cap=12,
+      dist_aug="rot90"))
+  data = oc.make(cfg)
+  assert len(data.train) == 12 * 4 and len(data.fit) == 30
+  assert data.meta["counts"]["train_images"] == 12
+  cfg.train_cap = -1
+  with pytest.raises(ValueError, match="train_cap must be >= 0"):
+    oc.make(cfg)

@@ -189,5 +189,7 @@ def test_durations_in_one_place():
   c = ml_collections.ConfigDict({"total_epochs": -1, "total_steps": 5})
   assert config_lib.num_train_steps(c, 7) == 5
   c = ml_collections.ConfigDict({"total_epochs": 2, "total_steps": 5})
-  with pytest.raises(ValueError, match="exactly one"):
+  assert config_lib.num_train_steps(c, 7) == 5  # Steps win.
+  c = ml_collections.ConfigDict({"total_epochs": -1, "total_steps": 0})
+  with pytest.raises(ValueError, match="total_epochs or config.total_steps"):
     config_lib.num_train_steps(c, 7)

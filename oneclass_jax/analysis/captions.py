@@ -69,3 +69,14 @@ def scale_note(configs: Sequence[Mapping[str, Any]]) -> str:
       f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}",
   ]
   return " · ".join(parts)
+
+
+def set_label(dist_aug: str) -> str:
+  """'first3' -> '+hflip, +rot90': the distributions added to the original."""
+  # Imported here: the data package pulls in tensorflow_datasets.
+  from oneclass_jax.data import one_class  # pylint: disable=g-import-not-at-top
+  ids = one_class.dist_aug_transforms(dist_aug)
+  names = [one_class.GEOMETRIC_TRANSFORMS[t] for t in ids if t]
+  if not names:
+    return "original only"
+  return ", ".join("+" + n.replace("+", ",") for n in names)

@@ -47,6 +47,7 @@ from matplotlib import pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
+from oneclass_jax import config_lib  # noqa: E402
 from oneclass_jax import evaluate  # noqa: E402
 from oneclass_jax import metrics  # noqa: E402
 from oneclass_jax import parallel  # noqa: E402
@@ -58,10 +59,10 @@ RESULTS_FILE = "results.json"
 ANALYSIS_FILE = "analysis.json"
 STUDIES = ("uniformity", "contamination", "distaug")
 
-# CPU scale: a narrow ResNet-18 and a narrow head; per-step cosine decay
+# CPU scale: a narrow ResNet-10 and a narrow head; per-step cosine decay
 # (runs are a few hundred steps). Durations come from `images_per_run`.
 CPU_SCALE = {
-    "model.backbone": "resnet18",
+    "model.backbone": "resnet10",
     "model.width": 0.125,
     "model.stem_width": 8,
     "model.head_width": 64,
@@ -329,6 +330,20 @@ def _write_json(path: pathlib.Path, obj) -> None:
   os.replace(tmp, path)
 
 
+def _check_same_config(results_path: str, config) -> None:
+  """A finished run is only reused for the very config the grid asks for."""
+  with open(results_path) as f:
+    saved = json.load(f).get("config", {})
+  diff = config_lib.config_diff(saved, config_lib.to_dict(config),
+                                ignore=("log_every_steps",
+                                        "checkpoint_every_steps",
+                                        "keep_checkpoints"))
+  if diff:
+    raise ValueError(
+        f"{results_path} comes from a different config than the grid's:\n  "
+        + "\n  ".join(diff) + "\nUse another --root or remove that run.")
+
+
 def run_grid(specs: Sequence[RunSpec], root: str, *,
              build: Callable[[RunSpec], ml_collections.ConfigDict],
              analyze: Callable[[str], dict] | None = None,
@@ -357,11 +372,14 @@ def run_grid(specs: Sequence[RunSpec], root: str, *,
   for i, spec in enumerate(specs, start=1):
     workdir = os.path.join(root, spec.name)
     workdirs.append(workdir)
-    if os.path.exists(os.path.join(workdir, RESULTS_FILE)):
+    config = build(spec)
+    results = os.path.join(workdir, RESULTS_FILE)
+    if os.path.exists(results):
+      _check_same_config(results, config)
       logging.info("[%d/%d] %s: done, skipped.", i, len(specs), spec.name)
     else:
       logging.info("[%d/%d] %s: training.", i, len(specs), spec.name)
-      train_fn(build(spec), workdir)
+      train_fn(config, workdir)
     if analyze is not None and not os.path.exists(
         os.path.join(workdir, ANALYSIS_FILE)):
       analyze(workdir)
@@ -605,7 +623,7 @@ def plot_distaug(records: Sequence[Record], out: pathlib.Path, *,
     if a is not None:
       by_set.setdefault(r.get("data.dist_aug"), []).append(a)
   order = sorted(by_set, key=lambda s: len(one_class.dist_aug_transforms(s)))
-  labels = [set_label(s) for s in order]
+  labels = [captions.set_label(s) for s in order]
   stats = [_mean_std(by_set[s]) for s in order]
   fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(order)), 4.2))
   ax.bar(range(len(order)), [s[0] for s in stats],
@@ -621,16 +639,6 @@ def plot_distaug(records: Sequence[Record], out: pathlib.Path, *,
   _title(fig, "Distribution augmentation sets (paper Fig. 7)", records)
   fig.tight_layout()
   return _save(fig, out / "distaug_fig7.png")
-
-
-def set_label(dist_aug: str) -> str:
-  """'first3' -> '+hflip, +rot90' (the distributions added to the original)."""
-  from oneclass_jax.data import one_class  # pylint: disable=g-import-not-at-top
-  ids = one_class.dist_aug_transforms(dist_aug)
-  names = [one_class.GEOMETRIC_TRANSFORMS[t] for t in ids if t]
-  if not names:
-    return "original only"
-  return ", ".join("+" + n.replace("+", ",") for n in names)
 
 
 def plot_study(study: str, root: str, out: pathlib.Path,

@@ -175,8 +175,9 @@ def make(cfg) -> OneClassData:
     cfg: ConfigDict or any attribute object with `name`, `inlier_class` (int,
       or class name) and optionally `data_dir`, `source_dir`, `seed` (0),
       `validation` (False), `contamination` (0.0, in [0, 1)), `fit_cap` (0 =
-      all; larger than the training set: clamped with a warning), `dist_aug`
-      ("none").
+      all; larger than the training set: clamped with a warning),
+      `train_cap` (0 = all: at most this many images, before distribution
+      augmentation, train the representation; Figure 9), `dist_aug` ("none").
 
   Returns:
     The `OneClassData`.
@@ -192,12 +193,14 @@ def make(cfg) -> OneClassData:
   validation = bool(getattr(cfg, "validation", False))
   contamination = float(getattr(cfg, "contamination", 0.0))
   fit_cap = int(getattr(cfg, "fit_cap", 0))
+  train_cap = int(getattr(cfg, "train_cap", 0))
   dist_aug = getattr(cfg, "dist_aug", "none")
   transforms = dist_aug_transforms(dist_aug)
   if not 0.0 <= contamination < 1.0:
     raise ValueError(f"contamination must be in [0, 1), got {contamination}.")
-  if fit_cap < 0:
-    raise ValueError(f"fit_cap must be >= 0 (0 = no cap), got {fit_cap}.")
+  if fit_cap < 0 or train_cap < 0:
+    raise ValueError(f"fit_cap and train_cap must be >= 0 (0 = no cap), got "
+                     f"{fit_cap} and {train_cap}.")
   # Configs use '' for "not set" (ml_collections cannot override None).
   paths = dict(data_dir=getattr(cfg, "data_dir", None) or None,
                source_dir=getattr(cfg, "source_dir", None) or None)
@@ -245,8 +248,14 @@ def make(cfg) -> OneClassData:
     fit_rows = np.sort(rng.permutation(len(inliers))[:fit_cap])
 
   zeros = np.zeros(len(inliers), np.int64)
-  train = OneClassSource(train_split.source, inliers, zeros,
-                         transforms=transforms, true_labels=true)
+  train_rows = np.arange(len(inliers))
+  if train_cap and train_cap < len(inliers):
+    # Figure 9: fewer images for the representation; the detector still
+    # fits on the full (fit_cap-limited) set.
+    train_rows = np.sort(rng.permutation(len(inliers))[:train_cap])
+  train = OneClassSource(train_split.source, inliers[train_rows],
+                         zeros[train_rows], transforms=transforms,
+                         true_labels=true[train_rows])
   fit = OneClassSource(train_split.source, inliers[fit_rows],
                        zeros[fit_rows], true_labels=true[fit_rows])
   test = OneClassSource(test_split.source, np.arange(len(test_split.labels)),
@@ -263,7 +272,7 @@ def make(cfg) -> OneClassData:
       "image_shape": tuple(train_split.image_shape),
       "counts": {
           "train": len(train),
-          "train_images": len(inliers),
+          "train_images": len(train_rows),
           "train_outliers": n_out,
           "fit": len(fit),
           "test": len(test),

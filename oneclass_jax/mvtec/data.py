@@ -9,9 +9,9 @@
   `mvtec.patches_per_image` crops per image; record i, of image
   i // patches_per_image, has its corner drawn uniformly from the
   (S - P + 1)^2 positions by the i-th pair of uniforms of
-  `np.random.default_rng(seed)`, so it depends on (seed, i) only. The crops are the same every epoch
-  (a grain source does not know the epoch); the view augmentations of the
-  method still differ. With a distribution augmentation (`data.dist_aug`,
+  `np.random.default_rng(seed)`, so it depends on (seed, i) only. The crops
+  are the same every epoch (a grain source does not know the epoch); the
+  view augmentations of the method still differ. With a distribution augmentation (`data.dist_aug`,
   contrastive_da) every crop also appears under each geometric transform as a
   distinct record, as in `one_class`.
 * `fit`: every patch of the resized train/good images on the evaluation grid

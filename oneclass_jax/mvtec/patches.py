@@ -29,7 +29,7 @@ def _check_geometry(patch: int, stride: int) -> None:
 
 
 def grid_size(size: int, patch: int, stride: int) -> int:
-  """Patch positions along a side of `size` pixels: (size - patch) // stride + 1.
+  """Patch positions along a `size`-pixel side: (size - patch) // stride + 1.
 
   Raises:
     ValueError: a side smaller than one patch, or patch/stride < 1.
