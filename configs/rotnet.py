@@ -12,6 +12,7 @@ from oneclass_jax import config_lib
 def get_config(arg=None):
   c = config_lib.base_config(config_lib.variant(arg))
   c.method = "rotation"
+  c.method_label = "rotnet"  # Report it apart from the MLP-head variant.
   c.model.head_depth = 0
   c.model.head_out_dim = 0  # Identity head: g(f) = f.
   c.batch_size = 64

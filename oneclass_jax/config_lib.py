@@ -41,6 +41,31 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return result
 
 
+def parse_ints(spec: str) -> list[int]:
+  """'0-9', '0,3,5' or '0-2,7' -> [0, ..., 9], [0, 3, 5], [0, 1, 2, 7].
+
+  Used for the lists of inlier classes and seeds of a multi-model run.
+
+  Raises:
+    ValueError: an empty list, a malformed item, a descending range or a
+      repeated value.
+  """
+  values = []
+  for item in str(spec).replace(" ", "").split(","):
+    lo, dash, hi = item.partition("-")
+    try:
+      first, last = int(lo), int(hi if dash else lo)
+    except ValueError:
+      raise ValueError(f"Bad item {item!r} in {spec!r}: write integers and "
+                       "ranges such as '0-9' or '0,3,5'.") from None
+    if last < first:
+      raise ValueError(f"Descending range {item!r} in {spec!r}.")
+    values.extend(range(first, last + 1))
+  if len(set(values)) != len(values):
+    raise ValueError(f"{spec!r} lists a value twice.")
+  return values
+
+
 def num_train_steps(config: ml_collections.ConfigDict,
                     steps_per_epoch: int) -> int:
   """Total optimizer steps: `total_steps` if > 0, else `total_epochs`."""
@@ -98,6 +123,7 @@ def base_config(arg) -> ml_collections.ConfigDict:
   """
   c = ml_collections.ConfigDict()
   c.method = ""
+  c.method_label = ""  # Name in results/report; '' = the method's name.
   c.seed = arg.seed
   c.data = ml_collections.ConfigDict(dict(
       name=arg.dataset,
@@ -110,6 +136,10 @@ def base_config(arg) -> ml_collections.ConfigDict:
       fit_cap=0,         # Max inliers to fit the detector (0 = all).
       train_cap=0,       # Max inliers to train f (0 = all; Figure 9).
       dist_aug="none",   # Distribution augmentation (Section 3.1.3).
+      # Several models in one program (oneclass_jax.multi): lists such as
+      # '0-9' or '0,3,5' ('' = just inlier_class / dist_aug).
+      inlier_classes="",
+      dist_augs="",      # Comma-separated dist_aug names.
   ))
   c.augment = ml_collections.ConfigDict(dict(
       crop_min_scale=0.5, flip=True, jitter_strength=(0.4, 0.4, 0.4, 0.4),
@@ -135,6 +165,8 @@ def base_config(arg) -> ml_collections.ConfigDict:
   c.total_steps = -1
   c.max_steps_this_run = -1  # > 0: stop early (resumable), no final eval.
   c.num_devices = 0          # 0 = all devices of all hosts.
+  c.seeds = ""               # Several seeds at once: '0-4' ('' = seed).
+  c.num_model_shards = 1     # Devices along the model axis (multi.py).
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3

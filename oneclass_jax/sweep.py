@@ -18,8 +18,9 @@ r"""Trains a study grid and draws its figures (paper Sections 5.1-5.3).
 Runs go to `<root>/<model>/<setting>/<dataset>_<class>/seed<seed>`; a run whose
 results.json exists is skipped (so an interrupted sweep continues where it
 stopped), then `analysis.json` is added (see `analysis/sweeps.py`; not for
-`distaug`, whose Table 6 comes from `python -m oneclass_jax.ensemble ROOT`). Figures
-go to `--out` (default `<root>/figures`), with `summary.csv` of every run.
+`distaug`, whose Table 6 comes from `python -m oneclass_jax.ensemble ROOT`).
+Figures go to `--out` (default `<root>/figures`), with `summary_<study>.csv`
+of every run.
 Each figure states the scale of the runs it was drawn from.
 """
 from __future__ import annotations
@@ -83,13 +84,13 @@ def _plot_kwargs(f) -> dict:
   return {}
 
 
-def _write_summary(root: str, out: pathlib.Path) -> pathlib.Path:
+def _write_summary(root: str, out: pathlib.Path, study: str) -> pathlib.Path:
   rows = sweeps.summary_rows(sweeps.load_records(root))
   columns = sorted({k for r in rows for k in r},
                    key=lambda k: (k.startswith(("auc", "mmd", "clean")), k))
-  path = out / "summary.csv"
+  path = out / f"summary_{study}.csv"
   out.mkdir(parents=True, exist_ok=True)
-  tmp = out / ".summary.csv.tmp"
+  tmp = out / f".{path.name}.tmp"
   with open(tmp, "w", newline="") as fh:
     writer = csv.DictWriter(fh, columns)
     writer.writeheader()
@@ -115,7 +116,7 @@ def main(argv):
     sweeps.run_grid(specs, f.root, build=build, analyze=_analyze_fn(f))
   for path in sweeps.plot_study(f.study, f.root, out, **_plot_kwargs(f)):
     logging.info("Wrote %s", path)
-  logging.info("Wrote %s", _write_summary(f.root, out))
+  logging.info("Wrote %s", _write_summary(f.root, out, f.study))
 
 
 def _define_flags():

@@ -474,10 +474,17 @@ def _mmd(embedding: str):
 # Figures.
 
 
+# One colour per model in every figure; line styles tell f from g∘f.
+_COLORS = {"Contrastive": "tab:blue", "Contrastive (DA)": "tab:red",
+           "Rotation": "tab:green", "RotNet": "tab:purple",
+           "DAE": "tab:brown"}
+
+
 def _errorbar(ax, data, label_suffix="", **kwargs):
   for model, (xs, means, stds, _) in data.items():
     ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3,
-                label=f"{model}{label_suffix}", **kwargs)
+                color=_COLORS.get(model), label=f"{model}{label_suffix}",
+                **kwargs)
 
 
 def _save(fig, path: pathlib.Path) -> pathlib.Path:
@@ -508,6 +515,11 @@ def plot_uniformity(records: Sequence[Record], out: pathlib.Path, *,
     _errorbar(ax, series(records, batch, _mmd(emb), at_depth),
               f" {'g∘f' if emb == 'g' else 'f'}", linestyle=style)
   ax.axhline(0.0, color="grey", linewidth=0.8)
+  g_dims = {r.get("model.head_out_dim") for r in records}
+  if len(g_dims) == 1 and min(g_dims) > 1:
+    # The top of the scale: every embedding in one direction (collapse).
+    ax.axhline(uniformity.point_mass_mmd2(g_dims.pop()), color="grey",
+               linestyle=":", label="point mass (collapsed g∘f)")
   ax.set(xlabel="batch size", ylabel="MMD²_u to uniform on the sphere",
          title=f"(a) uniformity (lower = more uniform), depth {default_depth}")
   ax.set_xscale("log", base=2)
@@ -544,11 +556,16 @@ def plot_mmd_auc_scatter(records: Sequence[Record], out: pathlib.Path, *,
       if m <= 0:
         excluded += 1  # No logarithm: indistinguishable from uniform.
         continue
-      by_model.setdefault(r.method, []).append((math.log(m), a))
-    pts = [p for v in by_model.values() for p in v]
+      by_model.setdefault(r.method, []).append(
+          (math.log(m), a, f"b{r.get('batch_size')}/d"
+           f"{r.get('model.head_depth')}"))
+    pts = [p[:2] for v in by_model.values() for p in v]
     for model, values in sorted(by_model.items()):
-      v = np.asarray(values)
-      ax.scatter(v[:, 0], v[:, 1], label=model, s=18)
+      ax.scatter([v[0] for v in values], [v[1] for v in values], label=model,
+                 s=18, color=_COLORS.get(model))
+      for x, y, tag in values:  # batch size / head depth of each run
+        ax.annotate(tag, (x, y), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
     r_text = "n < 3"
     if len(pts) >= 3:
       p = np.asarray(pts)

@@ -1,0 +1,428 @@
+r"""K one-class models in one program: one vmapped step, K data streams.
+
+Table 2 alone is about a thousand runs of a small network at batch 32, which
+leaves an accelerator mostly idle. Here K runs that differ only in inlier
+class, seed or distribution-augmentation set train side by side: their train
+states are stacked along a leading model axis and the per-device step of
+`train.py` is vmapped over that axis inside one `shard_map` over a 2-D mesh
+(`model`, `data`). Models are spread over the `model` devices
+(`config.num_model_shards`), each model's batch over the `data` devices, so
+the per-device semantics (BatchNorm statistics, gathered contrastive
+negatives) are exactly those of a single run.
+
+Each model keeps its own data stream (a `pipeline.train_loader` with its
+seed), optimizer state, metrics, checkpoints and results, in
+`<workdir>/<class>_<seed>/` (`<class>_<seed>_<dist_aug>` when several
+distribution sets are trained). Each of these is laid out exactly as a single
+run's workdir, with the single run's config, so `evaluate`, `report` and
+`score` read it unchanged, and each model ends equal, up to float rounding, to
+training it alone. `<workdir>/config.json` keeps the multi-model config and
+`<workdir>/summary.json` every model's AUCs.
+
+  python -m oneclass_jax.main --config=configs/contrastive_da.py \
+      --config.data.inlier_classes=0-9 --config.seeds=0-4 --workdir=runs/da
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import json
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from oneclass_jax import checkpoint
+from oneclass_jax import config_lib
+from oneclass_jax import distributed
+from oneclass_jax import methods
+from oneclass_jax import metric_writers
+from oneclass_jax import parallel
+from oneclass_jax import train
+from oneclass_jax.data import pipeline
+
+# pylint: disable=protected-access  # train's workdir and NaN helpers.
+
+MODEL_AXIS = "model"
+# What may differ between the models of one program; everything else is
+# shared, so one traced step serves them all.
+PER_MODEL_FIELDS = ("seed", "data.seed", "data.inlier_class", "data.dist_aug")
+# The multi-model settings, reset to their defaults in each model's config.
+_MULTI_DEFAULTS = {"seeds": "", "num_model_shards": 1,
+                   "data.inlier_classes": "", "data.dist_augs": ""}
+
+
+def is_multi(config) -> bool:
+  """Whether the config asks for several classes, seeds or dist_aug sets."""
+  return bool(config.data.get("inlier_classes") or config.get("seeds") or
+              config.data.get("dist_augs"))
+
+
+def expand(config) -> list[tuple[str, ml_collections.ConfigDict]]:
+  """(name, single-run config) of every class x seed x dist_aug of `config`.
+
+  Each model's config is the one a single run of it would have: the lists
+  are replaced by its own `data.inlier_class`, `seed` (= `data.seed`) and
+  `data.dist_aug`.
+  """
+  classes = (config_lib.parse_ints(config.data.inlier_classes)
+             if config.data.get("inlier_classes") else
+             [config.data.inlier_class])
+  seeds = (config_lib.parse_ints(config.seeds) if config.get("seeds")
+           else [config.seed])
+  dist_augs = [config.data.dist_aug]
+  if config.data.get("dist_augs"):
+    dist_augs = [d.strip() for d in config.data.dist_augs.split(",")]
+    if not all(dist_augs) or len(set(dist_augs)) != len(dist_augs):
+      raise ValueError(f"data.dist_augs {config.data.dist_augs!r} must be "
+                       "distinct comma-separated names, e.g. 'rot90,hflip'.")
+  named = []
+  for cls in classes:
+    for seed in seeds:
+      for dist_aug in dist_augs:
+        single = copy.deepcopy(config)
+        for key, value in _MULTI_DEFAULTS.items():
+          _set(single, key, value)
+        single.data.inlier_class = cls
+        if config.get("seeds"):
+          single.seed = single.data.seed = seed
+        single.data.dist_aug = dist_aug
+        name = f"{cls}_{single.seed}"
+        if len(dist_augs) > 1:
+          name += f"_{dist_aug}"
+        named.append((name, single))
+  return named
+
+
+def _set(config, dotted: str, value) -> None:
+  node = config
+  *parents, leaf = dotted.split(".")
+  for key in parents:
+    node = node[key]
+  if leaf in node:
+    node[leaf] = value
+
+
+def make_mesh(num_devices: int | None = None,
+              model_shards: int = 1) -> jax.sharding.Mesh:
+  """(model, data) mesh: `model_shards` rows of data-parallel devices."""
+  data_mesh = parallel.make_mesh(num_devices)
+  devices = data_mesh.devices.ravel()
+  if model_shards < 1 or len(devices) % model_shards:
+    raise ValueError(f"num_model_shards={model_shards} must divide the "
+                     f"{len(devices)} devices.")
+  if model_shards > 1 and jax.process_count() > 1:
+    raise ValueError("num_model_shards > 1 needs a single process; with "
+                     "several hosts spread the batch instead (set it to 1).")
+  return jax.sharding.Mesh(
+      devices.reshape(model_shards, -1), (MODEL_AXIS, parallel.AXIS),
+      axis_types=(jax.sharding.AxisType.Explicit,) * 2)
+
+
+def shard_models_step(step_fn, mesh):
+  """jit(shard_map(vmap(step))) over stacked states [K, ...].
+
+  `step_fn(state, images, rng, axis_name)` is train.make_step_fn's per-device
+  step; images are [K, global batch, H, W, C], rngs [K] typed keys.
+  """
+
+  def per_device(states, images, rngs):
+    return jax.vmap(functools.partial(step_fn, axis_name=parallel.AXIS))(
+        states, images, rngs)
+
+  models = P(MODEL_AXIS)
+  sharded = jax.shard_map(
+      per_device, mesh=mesh,
+      in_specs=(models, P(MODEL_AXIS, parallel.AXIS), models),
+      out_specs=(models, models))
+  return jax.jit(sharded, donate_argnums=(0,))
+
+
+@dataclasses.dataclass
+class Models:
+  """K models built for one program (see `build`)."""
+  names: list[str]
+  configs: list[Any]
+  runs: list[train.Run]       # Each model's data, model, optimizer.
+  mesh: jax.sharding.Mesh     # (model, data): training.
+  data_mesh: jax.sharding.Mesh  # data only: checkpoints and evaluation.
+  step: Callable              # (states, images, rngs) -> (states, metrics).
+  init: Callable              # stacked init keys [K] -> stacked fresh states.
+
+  @property
+  def model(self):
+    return self.runs[0].model
+
+  @property
+  def total_steps(self) -> int:
+    return self.runs[0].total_steps
+
+  def keys(self):
+    """Per-model (init keys, step keys) [K], as a single run draws them."""
+    pairs = [jax.random.split(jax.random.key(c.seed)) for c in self.configs]
+    return (jax.numpy.stack([p[0] for p in pairs]),
+            jax.numpy.stack([p[1] for p in pairs]))
+
+  def shard(self, tree):
+    """Puts host (or single-mesh) values [K, ...] on the model axis."""
+    return jax.device_put(tree, NamedSharding(self.mesh, P(MODEL_AXIS)))
+
+  def images(self, batches) -> jax.Array:
+    """K host-local batches (dicts with 'image') -> global [K, B, ...]."""
+    stacked = np.stack([np.asarray(b["image"]) for b in batches])
+    sharding = NamedSharding(self.mesh, P(MODEL_AXIS, parallel.AXIS))
+    return jax.make_array_from_process_local_data(sharding, stacked)
+
+  def loaders(self) -> list:
+    return [pipeline.train_loader(run.data.train,
+                                  global_batch_size=config.batch_size,
+                                  seed=config.seed)
+            for run, config in zip(self.runs, self.configs)]
+
+
+def build(named_configs, num_devices: int | None = None,
+          model_shards: int = 1) -> Models:
+  """Data, models and the vmapped step for K compatible single-run configs.
+
+  Raises:
+    ValueError: configs that differ in more than PER_MODEL_FIELDS, or whose
+      data give different image shapes or numbers of steps, a model count
+      not divisible by `model_shards`, or a batch that does not split over
+      the data devices.
+  """
+  names = [name for name, _ in named_configs]
+  configs = [config for _, config in named_configs]
+  if not configs:
+    raise ValueError("No model to train: the class / seed lists are empty.")
+  if len(set(names)) != len(names):
+    raise ValueError(f"Model names must be distinct, got {names}.")
+  for config in configs:
+    train.validate(config)
+  _check_shared(names, configs)
+  mesh = make_mesh(num_devices, model_shards)
+  data_mesh = parallel.make_mesh(num_devices)
+  if len(configs) % model_shards:
+    raise ValueError(f"{len(configs)} models do not split over "
+                     f"num_model_shards={model_shards} devices.")
+  data_devices = mesh.shape[parallel.AXIS]
+  batch = configs[0].batch_size
+  if batch % data_devices or batch % jax.process_count():
+    raise ValueError(f"Batch size {batch} is not divisible by the "
+                     f"{data_devices} data devices (and "
+                     f"{jax.process_count()} processes) of the mesh.")
+  runs = [train.setup(config, data_mesh) for config in configs]
+  _check_same_steps(names, configs, runs)
+  first, config = runs[0], configs[0]
+  method = methods.get(config.method)
+  step = shard_models_step(
+      train.make_step_fn(first.model, method, first.tx, config), mesh)
+  image_shape = tuple(first.data.train[0]["image"].shape)
+  init = jax.jit(
+      jax.vmap(functools.partial(train.init_state, first.model, first.tx,
+                                 image_shape=image_shape)),
+      out_shardings=NamedSharding(mesh, P(MODEL_AXIS)))
+  return Models(names, configs, runs, mesh, data_mesh, step, init)
+
+
+def _check_shared(names, configs) -> None:
+  """Everything but PER_MODEL_FIELDS must agree, so one step fits all."""
+  first = config_lib.to_dict(configs[0])
+  for name, config in zip(names[1:], configs[1:]):
+    diff = [d for d in config_lib.config_diff(first, config_lib.to_dict(config))
+            if d.split(":", 1)[0] not in PER_MODEL_FIELDS]
+    if diff:
+      raise ValueError(
+          f"Model {name!r} differs from {names[0]!r} in more than "
+          f"{PER_MODEL_FIELDS}; train it separately:\n  " + "\n  ".join(diff))
+  if (configs[0].augment.authors_code and
+      len({c.seed for c in configs}) > 1):
+    # The frozen jitter order is drawn from the seed at trace time.
+    raise ValueError("augment.authors_code freezes the jitter order per "
+                     "seed, so models with different seeds cannot share one "
+                     "step: train one seed per program.")
+
+
+def _check_same_steps(names, configs, runs) -> None:
+  shapes = {tuple(r.data.train[0]["image"].shape) for r in runs}
+  if len(shapes) > 1:
+    raise ValueError(f"The models' images differ in shape: {sorted(shapes)}.")
+  optim_cfg = configs[0].optim
+  # The optimizer is traced once; its schedule depends on steps_per_epoch
+  # only with per-epoch granularity.
+  per_epoch = (optim_cfg.schedule == "cosine" and
+               optim_cfg.schedule_granularity == "epoch")
+  keys = [(r.total_steps, r.steps_per_epoch if per_epoch else 0)
+          for r in runs]
+  if len(set(keys)) > 1:
+    detail = ", ".join(f"{n}: {r.total_steps} steps, {r.steps_per_epoch} per "
+                       "epoch" for n, r in zip(names, runs))
+    raise ValueError(
+        "The models' training sets give different schedules (" + detail +
+        "); group models with equal training-set sizes, or set "
+        "config.total_steps and optim.schedule_granularity='step'.")
+
+
+def unstack(host_states, index: int, mesh):
+  """Model `index` of host-side stacked states, replicated on `mesh`."""
+  return parallel.replicate(jax.tree.map(lambda x: x[index], host_states),
+                            mesh)
+
+
+def _common_start(mngrs, names):
+  """The latest checkpoint step every model has (None: fresh start)."""
+  steps = [set(m.all_steps()) for m in mngrs]
+  if not any(steps):
+    return None
+  common = set.intersection(*steps)
+  if not common:
+    have = {n: sorted(s) for n, s in zip(names, steps)}
+    raise ValueError(
+        f"The models' checkpoints share no step ({have}); remove the "
+        "workdirs of the models without checkpoints, or train them apart.")
+  return max(common)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+  """Trains every model of `config` together, then evaluates each.
+
+  Returns:
+    {model name: its results dict}, or None after a partial run
+    (`max_steps_this_run`).
+  """
+  named = expand(config)
+  root = epath.Path(workdir)
+  train._prepare_workdir(workdir, config)
+  models = build(named, config.get("num_devices") or None,
+                 config.get("num_model_shards", 1))
+  workdirs = [str(root / name) for name in models.names]
+  for wd, cfg in zip(workdirs, models.configs):
+    train._prepare_workdir(wd, cfg)
+  results = _train(models, workdirs, config)
+  if results is not None and jax.process_index() == 0:
+    summary = {name: {"inlier_class": r["inlier_class"], "seed": r["seed"],
+                      "dist_aug": cfg.data.dist_aug, "step": r["step"],
+                      "auc": r["auc"]}
+               for (name, r), cfg in zip(results.items(), models.configs)}
+    train._write_json_atomic(root / "summary.json", summary)
+  return results
+
+
+def _train(models: Models, workdirs, config):
+  """The training loop of `train.train_and_evaluate`, for K models."""
+  names, configs, k = models.names, models.configs, len(models.names)
+  init_keys, step_keys = models.keys()
+  # Typed keys cannot be put on other processes' devices; their data can.
+  step_rngs = jax.random.wrap_key_data(
+      models.shard(np.asarray(jax.random.key_data(step_keys))))
+  iters = [iter(loader) for loader in models.loaders()]
+  mngrs = [checkpoint.manager(wd, c.keep_checkpoints)
+           for wd, c in zip(workdirs, configs)]
+  start = _common_start(mngrs, names)
+  if start is None:
+    states = models.init(init_keys)
+  else:
+    abstract = checkpoint.abstract(jax.eval_shape(models.runs[0].init_fn,
+                                                  jax.random.key(0)))
+    states = [checkpoint.restore(m, start, abstract, it)
+              for m, it in zip(mngrs, iters)]
+    states = models.shard(jax.tree.map(
+        lambda *xs: np.stack([np.asarray(x) for x in xs]), *states))
+    logging.info("Resumed %d models from step %d.", k, start)
+  start = int(start or 0)
+
+  total = models.total_steps
+  last_step = total
+  if config.get("max_steps_this_run", -1) > 0:
+    last_step = min(total, start + config.max_steps_this_run)
+  batch = configs[0].batch_size
+  logging.info("Training %d %s models (%s) on %s: %d steps, batch %d each, "
+               "mesh %s.", k, config.method, ", ".join(names),
+               config.data.name, total, batch, dict(models.mesh.shape))
+  writers = [metric_writers.MetricWriter(wd) for wd in workdirs]
+  schedule = models.runs[0].schedule
+  history, t_window, n_window = [], time.perf_counter(), 0
+  guard = distributed.PreemptionGuard()
+  with guard, jax.set_mesh(models.mesh):
+    for step in range(start, last_step):
+      images = models.images([next(it) for it in iters])
+      states, metrics = models.step(states, images, step_rngs)
+      history.append((step + 1, metrics))
+      n_window += 1
+      done = step + 1
+      stop = guard.should_stop(done)
+      is_log = (done % config.log_every_steps == 0 or done == last_step or
+                stop)
+      is_ckpt = (done % config.checkpoint_every_steps == 0 or
+                 done == last_step or stop)
+      if not (is_log or is_ckpt):
+        continue
+      history = [(s, jax.device_get(m)) for s, m in history]
+      for i, name in enumerate(names):
+        try:
+          train._check_finite([(s, {key: v[i] for key, v in m.items()})
+                               for s, m in history])
+        except train._NonFiniteLoss as e:
+          raise train._NonFiniteLoss(f"Model {name}: {e}") from None
+      if is_log:
+        elapsed = time.perf_counter() - t_window
+        _log_window(writers, history, done, total, float(schedule(step)),
+                    n_window / elapsed, batch)
+        history, t_window, n_window = [], time.perf_counter(), 0
+      if is_ckpt:
+        host = jax.device_get(states)
+        for i, (mngr, it) in enumerate(zip(mngrs, iters)):
+          checkpoint.save(mngr, done, unstack(host, i, models.data_mesh), it)
+        t_window = time.perf_counter()  # Saving is not training time.
+      if stop:
+        break
+  for writer in writers:
+    writer.close()
+  for mngr in mngrs:
+    mngr.close()
+  if guard.stopped_at is not None:
+    raise distributed.Preempted(guard.stopped_at)
+  if last_step < total:
+    return None
+  return _evaluate_all(models, workdirs, jax.device_get(states))
+
+
+def _log_window(writers, history, done, total, lr, steps_per_sec, batch):
+  per_model = {key: np.mean([m[key] for _, m in history], axis=0)
+               for key in history[-1][1]}
+  for i, writer in enumerate(writers):
+    scalars = {key: float(v[i]) for key, v in per_model.items()}
+    scalars.update(learning_rate=lr, steps_per_sec=steps_per_sec,
+                   examples_per_sec=steps_per_sec * batch)
+    writer.write_scalars(done, scalars)
+  loss = per_model["loss"]
+  eta = (total - done) / max(steps_per_sec, 1e-9)
+  logging.info(
+      "step %d/%d  loss %.4f (min %.4f, max %.4f over %d models)  lr %.5f  "
+      "%.1f img/s per model, %.1f img/s in all  ETA %s", done, total,
+      float(np.mean(loss)), float(np.min(loss)), float(np.max(loss)),
+      len(loss), lr, steps_per_sec * batch, steps_per_sec * batch * len(loss),
+      train._format_eta(eta))
+
+
+def _evaluate_all(models: Models, workdirs, host_states) -> dict:
+  """Stage 2 for each model, into its own workdir."""
+  # pylint: disable=g-import-not-at-top
+  if models.configs[0].data.name == "mvtec":
+    from oneclass_jax.mvtec import evaluate
+  else:
+    from oneclass_jax import evaluate
+  # pylint: enable=g-import-not-at-top
+  results = {}
+  for i, (name, config, run, wd) in enumerate(zip(
+      models.names, models.configs, models.runs, workdirs)):
+    state = unstack(host_states, i, models.data_mesh)
+    results[name] = evaluate.evaluate_state(config, wd, run.model, state,
+                                            run.data, models.data_mesh)
+  return results
