@@ -174,7 +174,7 @@ def test_config_diff_names_fields():
   b["optim"]["learning_rate"] = 0.5
   b["log_every_steps"] = 3  # Allowed to change on resume.
   diff = config_lib.config_diff(a, b)
-  assert diff == ["optim.learning_rate: 0.1 -> 0.5"]
+  assert diff == ["optim.learning_rate: 0.01 -> 0.5"]
 
 
 def test_parse_arg_rejects_unknown_keys():

@@ -198,9 +198,9 @@ def make(cfg) -> OneClassData:
   transforms = dist_aug_transforms(dist_aug)
   if not 0.0 <= contamination < 1.0:
     raise ValueError(f"contamination must be in [0, 1), got {contamination}.")
-  if fit_cap < 0 or train_cap < 0:
-    raise ValueError(f"fit_cap and train_cap must be >= 0 (0 = no cap), got "
-                     f"{fit_cap} and {train_cap}.")
+  for cap_name, cap in (("fit_cap", fit_cap), ("train_cap", train_cap)):
+    if cap < 0:
+      raise ValueError(f"{cap_name} must be >= 0 (0 = no cap), got {cap}.")
   # Configs use '' for "not set" (ml_collections cannot override None).
   paths = dict(data_dir=getattr(cfg, "data_dir", None) or None,
                source_dir=getattr(cfg, "source_dir", None) or None)
