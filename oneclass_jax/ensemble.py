@@ -30,9 +30,9 @@ seeds present for every class enter it. AUCs are ×100 with one decimal.
 from __future__ import annotations
 
 import collections
+import csv
 import dataclasses
 import io
-import csv
 import json
 import math
 import os
@@ -50,8 +50,10 @@ from oneclass_jax.detectors import ensemble as ensemble_lib
 
 RESULTS_FILE = "results.json"
 SCORES_FILE = "scores.npz"
-# Fields that do not change the trained representation, besides the seeds.
-_IGNORED = set(config_lib.RESUMABLE_FIELDS) | {"seed", "data.seed"}
+# Fields that do not tell settings apart: the task (dataset, class), the
+# seeds, and what never changes the trained representation.
+_IGNORED = set(config_lib.RESUMABLE_FIELDS) | {
+    "seed", "data.seed", "data.name", "data.inlier_class"}
 
 
 @dataclasses.dataclass
@@ -115,7 +117,6 @@ def family_names(models: Sequence[Model]) -> dict[str, str]:
   keys = sorted({k for f in flats.values() for k in f})
   varying = [k for k in keys
              if len({json.dumps(f.get(k)) for f in flats.values()}) > 1]
-  varying = [k for k in varying if k not in ("data.inlier_class", "data.name")]
   names = {}
   for fam, flat in flats.items():
     parts = [captions.set_label(flat[k]) if k == "data.dist_aug" else
@@ -177,6 +178,7 @@ def dataset_tables(models: Sequence[Model]) -> dict[str, dict]:
   for dataset in sorted({t[0] for t in by_task}):
     tasks = {t: task_table(ms) for t, ms in by_task.items()
              if t[0] == dataset}
+    models_of = [m for m in models if m.task[0] == dataset]
     fams = sorted({f for tab in tasks.values() for f in tab["per_seed"]},
                   key=lambda f: names[f])
     for t, tab in tasks.items():
@@ -193,6 +195,8 @@ def dataset_tables(models: Sequence[Model]) -> dict[str, dict]:
     cross_single = (_mean_std_over_seeds(cross) if all(cross)
                     else (math.nan, math.nan))
     tables[dataset] = {
+        "label": captions.dataset_label(models_of[0].config["data"]),
+        "scale": captions.scale_note([m.config for m in models_of]),
         "columns": [names[f] for f in fams],
         "single": single,
         "ensemble": ensemble,
@@ -219,8 +223,10 @@ def to_markdown(tables: dict[str, dict], detector: str) -> str:
   for dataset, t in tables.items():
     n_fam = len(t["columns"])
     seeds = max(len(s) for s in t["seeds_per_setting"])
-    lines.append(f"### {dataset}: classes {t['classes']}, detector "
+    lines.append(f"### {t['label']}: classes {t['classes']}, detector "
                  f"{detector}\n")
+    lines.append(f"Scale: {t['scale']}. AUC ×100; ± is the std over "
+                 "seeds.\n")
     header = (["Representations"] + t["columns"] +
               [f"Ensemble of {n_fam}"])
     single = (["single model"] + [_cell(*c) for c in t["single"]] +

@@ -177,7 +177,10 @@ class Loaded:
 
 def load_workdir(workdir: str, mesh) -> Loaded:
   config, run, state = evaluate.restore_run(workdir, mesh)
-  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+  # Host copies: the explanations run unsharded on the default device,
+  # whatever mesh the checkpoint was restored onto.
+  variables = jax.device_get({"params": state["params"],
+                              "batch_stats": state["batch_stats"]})
   return Loaded(workdir, config, run, variables)
 
 

@@ -6,7 +6,6 @@ import inspect
 import json
 import pathlib
 
-import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -217,10 +216,12 @@ def test_explain_writes_figures(swept, tmp_path):
 def write_run(root, dataset, cls, dist, seed, labels, scores):
   d = root / dataset / str(cls) / dist / f"seed{seed}"
   d.mkdir(parents=True)
-  config = {"seed": seed, "method": "contrastive_da",
+  config = {"seed": seed, "method": "contrastive_da", "batch_size": 32,
+            "total_steps": 10, "total_epochs": -1,
             "data": {"name": dataset, "inlier_class": cls, "seed": seed,
                      "dist_aug": dist},
-            "model": {"width": 1.0}, "eval": {"batch_size": 7 + seed}}
+            "model": {"backbone": "resnet10", "width": 1.0},
+            "eval": {"batch_size": 7 + seed}}
   (d / "results.json").write_text(json.dumps({
       "dataset": dataset, "inlier_class": cls, "seed": seed,
       "config": config, "auc": {}}))
@@ -263,6 +264,7 @@ def test_table6_arithmetic(tmp_path):
   assert t["all_models"] == pytest.approx(every)
   md = ensemble.to_markdown(tables, "kde")
   assert "| ensemble of 3 models |" in md and "Ensemble of 2" in md
+  assert "Scale: toy · classes 0,1 · ResNet-10 · 10 steps" in md
   # The ensemble helper is the one the table uses.
   np.testing.assert_allclose(
       ensemble_lib.ensemble_scores([scores[0, "first2", s] for s in seeds]),

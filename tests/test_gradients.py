@@ -69,7 +69,9 @@ def trained_like(model, key):
   terms make it a generic function, as training does. A larger classifier
   gives confident rotation logits, so scores move along the IG path.
   """
-  variables = model.init(key, jnp.zeros((2, 32, 32, 3)), train=False)
+  # jit: one compile is much cheaper than dispatching every op eagerly.
+  variables = jax.jit(lambda k: model.init(k, jnp.zeros((2, 32, 32, 3)),
+                                           train=False))(key)
   rng = np.random.default_rng(99)
 
   def randomise(path, leaf):
@@ -92,10 +94,11 @@ def rotation_model():
   model = tiny_model(num_classes=4)
   variables = trained_like(model, jax.random.key(0))
   # Blocky images: sharp edges, so the blurred baseline differs clearly.
-  blocks = np.random.default_rng(1).uniform(size=(3, 8, 8, 3))
+  blocks = np.random.default_rng(1).uniform(size=(2, 8, 8, 3))
   images = jnp.asarray(np.kron(blocks, np.ones((1, 4, 4, 1))), jnp.float32)
   fit_images = jax.random.uniform(jax.random.key(2), (40, 32, 32, 3))
-  fit = np.asarray(model.apply(variables, fit_images, train=False)["pools"])
+  fit = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(
+      variables, fit_images)["pools"])
   return model, variables, images, fit
 
 
@@ -109,10 +112,12 @@ def test_ig_completeness_through_the_network(rotation_model, score):
   base = jnp.concatenate([gradients.make_baseline("black", images),
                           gradients.make_baseline("blur", images)])
   ig = jax.jit(lambda x, b: gradients.integrated_gradients(
-      scorer.score_fn, x, b, steps=128, chunk=16))(x, base)
+      scorer.score_fn, x, b, steps=64, chunk=16))(x, base)
   check = gradients.completeness_gap(scorer.score_fn, x, base, ig)
-  assert np.all(np.abs(check["delta"]) > 1e-4)  # a non-trivial path
-  assert np.all(check["relative"] < 0.02), check
+  assert np.all(np.abs(check["delta"]) > 1e-3)  # a non-trivial path
+  # The trapezoidal error of a ReLU network at 64 steps is ~1%; a wrong
+  # gradient would miss by the size of delta itself.
+  assert np.all(check["relative"] < 0.03), check
 
 
 def test_gradcam_against_numpy_reference():
@@ -136,11 +141,11 @@ def test_gradcam_upsampled_shape_and_sign(rotation_model):
                  explain.rotation_scorer(model, variables),
                  explain.kde_scorer(model, variables, fit, sign=-1.0)):
     maps = np.asarray(jax.jit(scorer.gradcam_fn)(images))
-    assert maps.shape == (3, 32, 32)
+    assert maps.shape == (2, 32, 32)
     assert np.all(maps >= 0) and np.all(np.isfinite(maps))
   norm = gradients.normalize_maps(maps)
-  assert norm.max() <= 1.0 and np.allclose(norm.reshape(3, -1).max(1)[
-      maps.reshape(3, -1).max(1) > 0], 1.0)
+  assert norm.max() <= 1.0 and np.allclose(norm.reshape(2, -1).max(1)[
+      maps.reshape(2, -1).max(1) > 0], 1.0)
 
 
 def test_apply_from_features_reproduces_the_model(rotation_model):

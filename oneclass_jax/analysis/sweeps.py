@@ -173,11 +173,12 @@ def build_config(spec: RunSpec, *, scale: str = "paper",
   config = load_config(spec.config, spec.arg, configs_dir)
   config = apply_overrides(config, scale_overrides(config, scale).items())
   config = apply_overrides(config, spec.overrides)
-  if images_per_run:
+  config = apply_overrides(config, [parse_override(t, config) for t in extra])
+  if images_per_run:  # last, so it sees the final batch size
     steps = max(1, images_per_run // config.batch_size)
     config = apply_overrides(config, [("total_epochs", -1),
                                       ("total_steps", steps)])
-  return apply_overrides(config, [parse_override(t, config) for t in extra])
+  return config
 
 
 # ----------------------------------------------------------------------------
@@ -186,10 +187,6 @@ def build_config(spec: RunSpec, *, scale: str = "paper",
 
 def _variant(dataset: str, inlier_class: int, seed: int) -> str:
   return f"dataset={dataset},inlier_class={inlier_class},seed={seed}"
-
-
-def _config_of(method: str) -> str:
-  return method  # configs/<method>.py: rotnet, rotation, contrastive, ...
 
 
 def uniformity_grid(*, dataset: str, classes: Sequence[int],
@@ -213,7 +210,7 @@ def uniformity_grid(*, dataset: str, classes: Sequence[int],
     for seed in seeds:
       for method, batch, depth in pairs:
         name = f"{method}/bs{batch}_depth{depth}/{dataset}_{cls}/seed{seed}"
-        specs[name] = RunSpec(name, _config_of(method),
+        specs[name] = RunSpec(name, method,
                               _variant(dataset, cls, seed),
                               (("batch_size", batch),
                                ("model.head_depth", depth),
@@ -236,7 +233,7 @@ def contamination_grid(*, dataset: str, classes: Sequence[int],
                   f"seed{seed}")
           dets = detectors + (("rotation",) if method in ("rotation",
                                                           "rotnet") else ())
-          specs.append(RunSpec(name, _config_of(method),
+          specs.append(RunSpec(name, method,
                                _variant(dataset, cls, seed),
                                (("data.contamination", float(ratio)),
                                 ("eval.detectors", dets))))
@@ -274,8 +271,7 @@ def analyze_run(workdir: str, *, mmd: bool = True, auc_g: bool = True,
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   extract = lambda src: evaluate.extract(  # noqa: E731
       run.model, variables, src, mesh, batch_size=config.eval.batch_size)
-  names = [n for n in evaluate._split_names(config.eval.detectors)  # pylint: disable=protected-access
-           if n != evaluate.ROTATION]
+  names = [n for n in config.eval.detectors if n != evaluate.ROTATION]
   fit, test = extract(run.data.fit), extract(run.data.test)
   labels = evaluate.labels_of(run.data.test)
   out: dict[str, Any] = {"detectors": names}
@@ -290,9 +286,9 @@ def analyze_run(workdir: str, *, mmd: bool = True, auc_g: bool = True,
     out["mmd_points"] = int(min(mmd_points, inliers.sum()))
     out["mmd_bandwidth"] = uniformity.DEFAULT_BANDWIDTH
   if clean_fits:
-    out["clean_fit"] = _clean_fits(run.data.fit, fit["pools"], test["pools"],
-                                   labels, names, clean_fits,
-                                   int(config.seed))
+    key = evaluate.EMBEDDING_KEYS[config.eval.embedding]
+    out["clean_fit"] = _clean_fits(run.data.fit, fit[key], test[key], labels,
+                                   names, clean_fits, int(config.seed))
   _write_json(pathlib.Path(workdir) / ANALYSIS_FILE, out)
   return out
 
@@ -538,13 +534,17 @@ def plot_uniformity(records: Sequence[Record], out: pathlib.Path, *,
   _title(fig, "Uniformity, batch size and MLP head (paper Fig. 4)", records)
   fig.tight_layout()
   paths = [_save(fig, out / "uniformity_fig4.png")]
-  paths.append(plot_mmd_auc_scatter(records, out, detector=detector))
+  paths.append(plot_mmd_auc_scatter([r for r in records if at_depth(r)],
+                                    out, detector=detector))
   return paths
 
 
 def plot_mmd_auc_scatter(records: Sequence[Record], out: pathlib.Path, *,
                          detector: str = "kde") -> pathlib.Path:
-  """Fig. 8: log MMD²(g∘f) against the AUC of g∘f and of f, Pearson r."""
+  """Fig. 8: log MMD²(g∘f) against the AUC of g∘f and of f, Pearson r.
+
+  The paper's points are the batch-size runs (one head depth); pass those.
+  """
   fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
   for ax, emb in zip(axes, ("g", "f")):
     by_model: dict[str, list] = {}
@@ -557,13 +557,12 @@ def plot_mmd_auc_scatter(records: Sequence[Record], out: pathlib.Path, *,
         excluded += 1  # No logarithm: indistinguishable from uniform.
         continue
       by_model.setdefault(r.method, []).append(
-          (math.log(m), a, f"b{r.get('batch_size')}/d"
-           f"{r.get('model.head_depth')}"))
+          (math.log(m), a, f"b{r.get('batch_size')}"))
     pts = [p[:2] for v in by_model.values() for p in v]
     for model, values in sorted(by_model.items()):
       ax.scatter([v[0] for v in values], [v[1] for v in values], label=model,
                  s=18, color=_COLORS.get(model))
-      for x, y, tag in values:  # batch size / head depth of each run
+      for x, y, tag in values:  # the batch size of each run
         ax.annotate(tag, (x, y), fontsize=6, xytext=(3, 3),
                     textcoords="offset points")
     r_text = "n < 3"
@@ -577,9 +576,19 @@ def plot_mmd_auc_scatter(records: Sequence[Record], out: pathlib.Path, *,
     ax.title.set_fontsize(8)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-  _title(fig, "Uniformity vs one-class AUC (paper Fig. 8)", records)
+  _title(fig, "Uniformity vs one-class AUC over batch sizes (paper Fig. 8)",
+         records)
   fig.tight_layout()
   return _save(fig, out / "uniformity_fig8.png")
+
+
+def _ratio_axis(ax, ticks):
+  """Outlier ratios on a symlog axis, labelled with the ratios that ran."""
+  ax.set_xscale("symlog", linthresh=0.5)
+  ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+  ax.minorticks_off()
+  ax.legend(fontsize=7)
+  ax.grid(alpha=0.3)
 
 
 def plot_contamination(records: Sequence[Record], out: pathlib.Path, *,
@@ -597,10 +606,9 @@ def plot_contamination(records: Sequence[Record], out: pathlib.Path, *,
            ylabel=f"AUC ({det}) ×100",
            title=f"representation and {det} on contaminated data")
     ax.title.set_fontsize(8)
+  ticks = sorted({pct(r) for r in records})
   for ax in axes[0]:
-    ax.set_xscale("symlog", linthresh=0.5)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    _ratio_axis(ax, ticks)
   _title(fig, "Unsupervised setting (paper Figs. 5a, 10); 0% = one-class",
          records)
   fig.tight_layout()
@@ -620,9 +628,7 @@ def plot_contamination(records: Sequence[Record], out: pathlib.Path, *,
       ax.set(xlabel="outlier ratio in the representation's training set (%)",
              ylabel=f"AUC ({det}) ×100",
              title=f"{det} fitted on {n} clean inliers")
-      ax.set_xscale("symlog", linthresh=0.5)
-      ax.legend(fontsize=7)
-      ax.grid(alpha=0.3)
+      _ratio_axis(ax, ticks)
     _title(fig, "Unsupervised representation, clean one-class detector "
            "(paper Figs. 5b/5c, 11)", records)
     fig.tight_layout()
@@ -645,14 +651,19 @@ def plot_distaug(records: Sequence[Record], out: pathlib.Path, *,
   fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(order)), 4.2))
   ax.bar(range(len(order)), [s[0] for s in stats],
          yerr=[s[1] for s in stats], capsize=4, color="tab:blue")
-  for i, (m, _) in enumerate(stats):
-    ax.text(i, m, f"{m:.1f}", ha="center", va="bottom", fontsize=7)
-  lo = min(s[0] - s[1] for s in stats)
-  ax.set_ylim(max(0.0, lo - 5), min(100.0, max(s[0] + s[1] for s in stats)
-                                    + 3))
+  for i, dist in enumerate(order):  # every run, not only the mean
+    ax.scatter([i] * len(by_set[dist]), by_set[dist], color="black", s=12,
+               zorder=3)
+  lo = min(min(v) for v in by_set.values())
+  bottom = max(0.0, min(lo, min(s[0] - s[1] for s in stats)) - 5)
+  ax.set_ylim(bottom, min(100.0, max(max(max(v) for v in by_set.values()),
+                                     max(s[0] + s[1] for s in stats)) + 3))
+  for i, (m, sd) in enumerate(stats):
+    ax.text(i, bottom + 1, f"{m:.1f}±{sd:.1f}", ha="center", va="bottom",
+            fontsize=7, color="white")
   ax.set_xticks(range(len(order)), labels, fontsize=7, rotation=20)
   ax.set(ylabel=f"AUC ({detector}) ×100",
-         title="accumulated distributions (left to right)")
+         title="accumulated distributions (left to right); dots: runs")
   _title(fig, "Distribution augmentation sets (paper Fig. 7)", records)
   fig.tight_layout()
   return _save(fig, out / "distaug_fig7.png")
