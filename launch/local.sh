@@ -74,7 +74,6 @@ done
 [[ -z $gpus_per_process || -z $cpu_devices ]] ||
   die "--gpus_per_process and --cpu_devices exclude each other"
 
-cd "$(repo_root)"
 common_env=()
 if [[ -n $cpu_devices ]]; then
   # The YNNPACK fusions of XLA:CPU (jaxlib 0.10) gave NaN gradients in the
@@ -95,15 +94,19 @@ if [[ $num_processes == 1 && -z $gpus_per_process ]]; then
 fi
 
 if [[ -z $port ]]; then
-  port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  port=$("$python" -c 'import socket; s = socket.socket()
+s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 fi
 common_env+=(ONECLASS_JAX_DISTRIBUTED=1
   "ONECLASS_JAX_COORDINATOR_ADDRESS=127.0.0.1:$port"
   "ONECLASS_JAX_NUM_PROCESSES=$num_processes")
-[[ -z $heartbeat ]] || common_env+=("ONECLASS_JAX_HEARTBEAT_TIMEOUT_S=$heartbeat")
+if [[ -n $heartbeat ]]; then
+  common_env+=("ONECLASS_JAX_HEARTBEAT_TIMEOUT_S=$heartbeat")
+fi
 [[ -z $log_dir || $DRY_RUN == 1 ]] || mkdir -p "$log_dir"
 
 pids=()
+# shellcheck disable=SC2317  # Called by the trap.
 stop_all() {
   local pid
   for pid in "${pids[@]}"; do

@@ -27,8 +27,8 @@ preemption.
   atomically by the evaluation); sweeps skip finished jobs with it. Paths may
   be local or `gs://` (etils.epath; gs:// needs `gcsfs`).
 
-CPU collectives between processes go through gloo (JAX's default
-`jax_cpu_collectives_implementation` since 0.5); no setting is needed.
+CPU collectives between processes go through gloo, the default of
+`jax_cpu_collectives_implementation` in JAX 0.10; no setting is needed.
 """
 from __future__ import annotations
 
@@ -222,8 +222,7 @@ def unfinished(workdirs) -> list[str]:
 
 
 def main(argv) -> int:
-  """`python -m oneclass_jax.distributed unfinished DIR...`: prints those
-  DIRs that have no results yet, one per line."""
+  """Prints the DIRs of `unfinished DIR...` that have no results yet."""
   if len(argv) < 2 or argv[1] != "unfinished":
     print("usage: python -m oneclass_jax.distributed unfinished DIR...",
           file=sys.stderr)

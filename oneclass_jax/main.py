@@ -4,7 +4,12 @@ r"""Stage 1 (and the final stage-2 evaluation) from the command line.
       --workdir=/tmp/run --config.total_epochs=64
 
 Kept deliberately thin: flags, optional multi-host initialisation, then
-`train.train_and_evaluate(config, workdir)`.
+`train.train_and_evaluate(config, workdir)`, or, when the config lists several
+classes, seeds or dist_aug sets, `multi.train_and_evaluate` (K models in one
+program, one workdir each below --workdir):
+
+  python -m oneclass_jax.main --config=configs/contrastive_da.py \
+      --config.data.inlier_classes=0-9 --config.seeds=0-4 --workdir=/tmp/runs
 """
 import logging as std_logging
 
@@ -19,6 +24,17 @@ config_flags.DEFINE_config_file(
     "config", None, "Training configuration (a configs/*.py file).",
     lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run(config, workdir):
+  """One model (train.py), or several classes / seeds at once (multi.py)."""
+  # pylint: disable=g-import-not-at-top
+  from oneclass_jax import multi
+  from oneclass_jax import train
+  # pylint: enable=g-import-not-at-top
+  if multi.is_multi(config):  # --config.data.inlier_classes=0-9 etc.
+    return multi.train_and_evaluate(config, workdir)
+  return train.train_and_evaluate(config, workdir)
 
 
 def main(argv):
@@ -37,9 +53,8 @@ def main(argv):
   distributed.initialize()
   logging.info("JAX process %d/%d, local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
-  from oneclass_jax import train  # pylint: disable=g-import-not-at-top
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    run(FLAGS.config, FLAGS.workdir)
   except Exception as e:  # pylint: disable=broad-except
     distributed.failure_exit(e)  # Multi-process: logs the fix and exits.
     raise

@@ -67,7 +67,8 @@ def train_loader(source, *, global_batch_size: int, seed: int,
       global_batch_size // host count of them.
     seed: fixes every epoch's order.
     shard_by_process: split each global batch over `jax.process_count()`
-      hosts (ignored when `shard_options` is given).
+      hosts, host h taking its h-th contiguous block (ignored when
+      `shard_options` is given).
     worker_count: > 0 reads in that many grain worker processes (grain then
       reads absl flags: run inside an absl app, or after
       `flags.FLAGS.mark_as_parsed()`).
@@ -97,8 +98,11 @@ def train_loader(source, *, global_batch_size: int, seed: int,
   ds = grain.MapDataset.source(source)
   ds = ds.map_with_index(functools.partial(_with_index, size))
   ds = ds.shuffle(seed=_grain_seed(seed))
-  ds = ds[:steps * global_batch_size][index::count]
-  ds = ds.batch(global_batch_size // count, drop_remainder=True)
+  # Host h reads the h-th contiguous block of every global batch, so the
+  # global batch (and thus which examples share a device) is the same for
+  # any number of hosts.
+  ds = ds[:steps * global_batch_size]
+  ds = ds.batch(global_batch_size // count, drop_remainder=True)[index::count]
   ds = ds.repeat(num_epochs)
   # Each read-ahead element is a whole batch: a small buffer bounds memory.
   options = grain.ReadOptions(num_threads=read_threads,
