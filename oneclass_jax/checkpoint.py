@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import os
 
+from etils import epath
 import grain
 import jax
 import orbax.checkpoint as ocp
 
 
 def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-  path = os.path.join(os.path.abspath(workdir), "checkpoints")
+  # Local paths are made absolute; gs:// URLs go to Orbax unchanged.
+  root = workdir if "://" in str(workdir) else os.path.abspath(workdir)
+  path = epath.Path(root) / "checkpoints"
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=True,
+      # Removes the temporary folder of a save that a kill interrupted.
+      cleanup_tmp_directories=True,
       # Synchronous saves: small models save in well under a second and the
       # loop then knows a checkpoint is on disk before it moves on.
       enable_async_checkpointing=False)
