@@ -35,9 +35,10 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+import ml_collections
 import numpy as np
 
-from oneclass_jax import detectors
+from oneclass_jax import checkpoint
 from oneclass_jax import evaluate as image_evaluate
 from oneclass_jax import metrics
 from oneclass_jax import parallel
@@ -69,6 +70,13 @@ _SMALL_TRAIN = flags.DEFINE_integer("small_train", 150,
                                     "Training images of the small case.")
 _SMALL_TEST = flags.DEFINE_integer("small_test", 40,
                                    "Test images of the small case (half good).")
+_PART = flags.DEFINE_enum(
+    "part", "all", ["all", "small"], "'small' reruns part 2 only, on the "
+    "rotation model and benchmark.json of an earlier run in --workdir.")
+
+# Random-projection dims for coreset selection in part 2, as the config
+# default (mvtec.coreset_projection); no effect on features of <= 128 dims.
+_PROJECTION = 128
 
 
 def prepare_category(root: pathlib.Path, train_limit: int, test_good: int,
@@ -121,7 +129,6 @@ def method_config(method: str, root: pathlib.Path, smoke: bool):
   c.mvtec.memory_bank = "coreset"
   c.mvtec.memory_bank_size = _BANK.value
   c.mvtec.coreset_pool = _POOL.value
-  c.mvtec.coreset_projection = 0
   c.mvtec.heatmaps = 10
   c.eval.batch_size = 512
   c.eval.baselines = method == "rotation"
@@ -149,16 +156,18 @@ def run_methods(root, workdir, smoke) -> dict:
 # Part 2: the small case.
 
 
-def _dense_features(featurize, images, stride, patch=32, per_chunk=8):
-  gh, gw = patches.grid_shape(images.shape[1], images.shape[2], patch, stride)
-  feats, seconds = [], 0.0
-  for _, flat in patches.iter_patch_chunks(images, patch, stride, per_chunk):
-    start = time.perf_counter()
-    feats.append(featurize(flat))
-    seconds += time.perf_counter() - start
-  feats = np.concatenate(feats)
-  feats = detectors.l2_normalize(feats).astype(np.float32)
-  return feats.reshape(len(images), gh, gw, -1), seconds / len(images)
+def _normalized(featurize, x):
+  x = featurize(x)
+  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _dense_features(featurize, images, stride, per_chunk=8):
+  """L2-normalised features [N, gh, gw, d] of every patch of `images`."""
+  gh, gw = patches.grid_shape(images.shape[1], images.shape[2], 32, stride)
+  feats = np.concatenate([
+      _normalized(featurize, flat) for _, flat in
+      patches.iter_patch_chunks(images, 32, stride, per_chunk)])
+  return feats.reshape(len(images), gh, gw, -1)
 
 
 def _scores(bank, test_feats, gamma=None):
@@ -196,73 +205,102 @@ class _Subset:
     self.labels = test.labels[rows]
 
 
-def run_small_case(workdir, smoke) -> dict:
-  """Memory banks, strides and upsampling against the exhaustive setting."""
-  mesh = parallel.make_mesh()
-  config, run, state = image_evaluate.restore_run(str(workdir / "rotation"),
-                                                  mesh)
-  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-  featurize = mvtec_evaluate.network_featurizer(
-      run.model, variables, mesh, batch_size=512)
-  train_images = run.data.fit.images[:_SMALL_TRAIN.value]
-  test = _Subset(run.data.test, _SMALL_TEST.value)
-  out = {"train_images": len(train_images), "test_images": len(test.images)}
-
-  # Banks at stride 16: every training patch vs random / coreset subsets.
+def _bank_rows(featurize, train_images, test, smoke, projection):
+  """Random and coreset banks against every training patch (stride 16)."""
   stride = 16
-  bank_full, _ = _dense_features(featurize, train_images, stride)
+  bank_full = _dense_features(featurize, train_images, stride)
   bank_full = bank_full.reshape(-1, bank_full.shape[-1])
-  test16, embed16 = _dense_features(featurize, test.images, stride)
+  test16 = _dense_features(featurize, test.images, stride)
   grids, score_full = _scores(bank_full, test16)
   rows = [{"bank": "full", "size": len(bank_full), "select_s": 0.0,
-           "score_s_per_image": score_full, **_metrics(grids, test, stride)}]
-  # As evaluate_state: gamma of the embedded candidates (here all of them)
-  # for the coreset, of the subset itself for random; "coreset (own gamma)"
-  # shows what the coreset's own, wider spread would do.
+           "score_s_per_image": score_full, "coverage_radius": 0.0,
+           **_metrics(grids, test, stride)}]
+  # As evaluate_state: the coreset's gamma from its candidates (here every
+  # training patch), random's from itself; "coreset (own gamma)" shows what
+  # the coreset's own, wider spread would do.
   gamma_full = kde.bandwidth_gamma(bank_full)
-  sizes = (200, 1000) if smoke else (500, 2000, 8000)
-  for size in sizes:
+  for size in (200, 1000) if smoke else (500, 2000, 8000):
     start = time.perf_counter()
-    core = memory_bank.greedy_coreset(bank_full, size, seed=0)
+    core = memory_bank.greedy_coreset(bank_full, size, seed=0,
+                                      projection_dim=projection)
     core_s = time.perf_counter() - start
     rand = memory_bank.random_subset(len(bank_full), size, seed=0)
+    radius = {"random": memory_bank.coverage_radius(bank_full,
+                                                    bank_full[rand]),
+              "coreset": memory_bank.coverage_radius(bank_full,
+                                                     bank_full[core])}
     for kind, idx, gamma, select in (
         ("random", rand, None, 0.0), ("coreset", core, gamma_full, core_s),
         ("coreset (own gamma)", core, None, core_s)):
       grids, score_s = _scores(bank_full[idx], test16, gamma)
       rows.append({"bank": kind, "size": size, "select_s": select,
                    "score_s_per_image": score_s,
-                   "coverage_radius": memory_bank.coverage_radius(
-                       bank_full, bank_full[idx]),
+                   "coverage_radius": radius[kind.split()[0]],
                    **_metrics(grids, test, stride)})
-  out["banks"] = rows
-  out["bank_stride"] = stride
+  return rows
 
-  # Strides, each with a coreset bank of the same size from that grid.
-  bank_size = 1000 if smoke else 2000
-  pool = 4000 if smoke else 16_000
-  stride_rows = []
-  for s in (32, 16, 8, 4):
-    fit = mvtec_data.DensePatchSource(train_images, 32, s)
-    cand = fit.patches(memory_bank.random_subset(len(fit), pool, 0))
-    cand_feats = detectors.l2_normalize(featurize(cand)).astype(np.float32)
-    bank = cand_feats[memory_bank.greedy_coreset(cand_feats, bank_size)]
-    feats, embed_s = _dense_features(featurize, test.images, s)
-    grids, score_s = _scores(bank, feats, kde.bandwidth_gamma(cand_feats))
-    stride_rows.append({"stride": s, "grid": fit.grid[0],
-                        "embed_s_per_image": embed_s,
-                        "score_s_per_image": score_s,
-                        **_metrics(grids, test, s)})
-    if s == 16:
+
+def _stride_rows(featurize, train_images, test, bank_size, pool,
+                 projection):
+  """Each stride with a coreset bank of one size from that grid."""
+  rows, grids16 = [], None
+  for stride in (32, 16, 8, 4):
+    fit = mvtec_data.DensePatchSource(train_images, 32, stride)
+    cand = _normalized(featurize, fit.patches(
+        memory_bank.random_subset(len(fit), pool, 0))).astype(np.float32)
+    bank = cand[memory_bank.greedy_coreset(cand, bank_size,
+                                           projection_dim=projection)]
+    detector = kde.KDE(gamma=kde.bandwidth_gamma(cand)).fit(bank)
+    cfg = ml_collections.ConfigDict(dict(patch_size=32, stride=stride,
+                                         images_per_chunk=4))
+    grids, timing = mvtec_evaluate.score_test_images(featurize, detector,
+                                                     test.images, cfg)
+    rows.append({"stride": stride, "grid": fit.grid[0],
+                 "embed_s_per_image": timing["embed_seconds_per_image"],
+                 "score_s_per_image": timing["score_seconds_per_image"],
+                 **_metrics(grids, test, stride)})
+    if stride == 16:
       grids16 = grids
-  out["strides"] = stride_rows
-  out["stride_bank"] = {"size": bank_size, "pool": pool}
+  return rows, grids16
 
-  # Upsampling kernel, on the stride-16 grids above.
-  out["upsampling"] = [
-      {"sigma": sigma, "normalize": norm,
-       **_metrics(grids16, test, 16, sigma=sigma, normalize=norm)}
-      for sigma in (4.0, 10.0) for norm in (True, False)]
+
+def _restore_rotation(workdir, root, mesh):
+  """The trained rotation run, reading its data from `root`."""
+  config = image_evaluate.load_config(str(workdir / "rotation"))
+  config.mvtec.root = str(root)  # The earlier run's data folder may be gone.
+  run = train.setup(config, mesh)
+  abstract = checkpoint.abstract(jax.eval_shape(run.init_fn,
+                                                jax.random.key(0)))
+  state, _ = checkpoint.restore_state_only(str(workdir / "rotation"),
+                                           abstract)
+  return run, state
+
+
+def run_small_case(workdir, root, smoke) -> dict:
+  """Banks, strides and upsampling, for raw pixels and the rotation model."""
+  mesh = parallel.make_mesh()
+  run, state = _restore_rotation(workdir, root, mesh)
+  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+  featurizers = {
+      "raw pixels": mvtec_evaluate.pixel_featurizer,
+      "rotation network": mvtec_evaluate.network_featurizer(
+          run.model, variables, mesh, batch_size=512)}
+  train_images = run.data.fit.images[:_SMALL_TRAIN.value]
+  test = _Subset(run.data.test, _SMALL_TEST.value)
+  bank_size, pool = (1000, 4000) if smoke else (2000, 16_000)
+  out = {"train_images": len(train_images), "test_images": len(test.images),
+         "bank_stride": 16, "projection": _PROJECTION,
+         "stride_bank": {"size": bank_size, "pool": pool}, "featurizers": {}}
+  for name, featurize in featurizers.items():
+    logging.info("Small case: %s.", name)
+    banks = _bank_rows(featurize, train_images, test, smoke, _PROJECTION)
+    strides, grids16 = _stride_rows(featurize, train_images, test, bank_size,
+                                    pool, _PROJECTION)
+    upsampling = [{"sigma": sigma, "normalize": norm,
+                   **_metrics(grids16, test, 16, sigma=sigma, normalize=norm)}
+                  for sigma in (4.0, 10.0) for norm in (True, False)]
+    out["featurizers"][name] = {"banks": banks, "strides": strides,
+                                "upsampling": upsampling}
   return out
 
 
@@ -315,36 +353,46 @@ def markdown(parts: dict, meta: dict) -> str:
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
   small = parts["small"]
-  lines += ["", "### Cost of the shortcuts (small case)", "",
-            f"Trained rotation model above; {small['train_images']} training "
-            f"images, {small['test_images']} test images (half good). "
-            f"Memory banks at stride {small['bank_stride']}; 'full' is every "
-            "training patch on that grid (the exhaustive bank).", "",
-            "| bank | size | image AUROC | pixel AUROC | AUPRO | "
-            "covering radius | select s | score s/image |",
-            "|---|---|---|---|---|---|---|---|"]
-  for r in small["banks"]:
-    radius = f"{r['coverage_radius']:.3f}" if "coverage_radius" in r else "0"
-    lines.append(f"| {r['bank']} | {r['size']} | {_pct(r['image'])} | "
-                 f"{_pct(r['pixel'])} | {_pct(r['aupro'])} | {radius} | "
-                 f"{r['select_s']:.1f} | {r['score_s_per_image']:.4f} |")
   sb = small["stride_bank"]
-  lines += ["", f"Strides (coreset bank of {sb['size']} from {sb['pool']} "
-            "random candidates on each grid):", "",
-            "| stride | grid | image AUROC | pixel AUROC | AUPRO | "
-            "embed s/image | score s/image |", "|---|---|---|---|---|---|---|"]
-  for r in small["strides"]:
-    lines.append(f"| {r['stride']} | {r['grid']}x{r['grid']} | "
-                 f"{_pct(r['image'])} | {_pct(r['pixel'])} | "
-                 f"{_pct(r['aupro'])} | {r['embed_s_per_image']:.3f} | "
-                 f"{r['score_s_per_image']:.4f} |")
-  lines += ["", "Upsampling of the stride-16 grids (image AUROC unchanged):",
-            "", "| sigma | normalised | pixel AUROC | AUPRO |",
-            "|---|---|---|---|"]
-  for r in small["upsampling"]:
-    lines.append(f"| {r['sigma']:g} | {'yes' if r['normalize'] else 'no'} | "
-                 f"{_pct(r['pixel'])} | {_pct(r['aupro'])} |")
-  return "\n".join(lines) + "\n"
+  lines += [
+      "", "### Cost of the shortcuts (small case)", "",
+      f"Command: `{meta['small_command']}` ({meta['small_date']}, "
+      f"{meta['small_minutes']:.1f} min). The trained rotation model above "
+      f"and raw-pixel patches; {small['train_images']} training images, "
+      f"{small['test_images']} test images (half good). Memory banks at "
+      f"stride {small['bank_stride']}; 'full' is every training patch on that "
+      "grid (the exhaustive bank). Coreset selection on a "
+      f"{small['projection']}-d random projection when the features have "
+      "more dimensions (raw pixels: 3072). Covering radius: largest distance "
+      "from a training patch (L2-normalised) to its nearest bank entry.", ""]
+  for name, part in small["featurizers"].items():
+    lines += [f"**{name}: memory banks**", "",
+              "| bank | size | image AUROC | pixel AUROC | AUPRO | "
+              "covering radius | select s | score s/image |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in part["banks"]:
+      lines.append(f"| {r['bank']} | {r['size']} | {_pct(r['image'])} | "
+                   f"{_pct(r['pixel'])} | {_pct(r['aupro'])} | "
+                   f"{r['coverage_radius']:.3f} | {r['select_s']:.1f} | "
+                   f"{r['score_s_per_image']:.4f} |")
+    lines += ["", f"**{name}: strides** (coreset bank of {sb['size']} from "
+              f"{sb['pool']} random candidates on each grid)", "",
+              "| stride | grid | image AUROC | pixel AUROC | AUPRO | "
+              "embed s/image | score s/image |",
+              "|---|---|---|---|---|---|---|"]
+    for r in part["strides"]:
+      lines.append(f"| {r['stride']} | {r['grid']}x{r['grid']} | "
+                   f"{_pct(r['image'])} | {_pct(r['pixel'])} | "
+                   f"{_pct(r['aupro'])} | {r['embed_s_per_image']:.3f} | "
+                   f"{r['score_s_per_image']:.4f} |")
+    lines += ["", f"**{name}: upsampling** of the stride-16 grids (image "
+              "AUROC unchanged)", "", "| sigma | normalised | pixel AUROC | "
+              "AUPRO |", "|---|---|---|---|"]
+    for r in part["upsampling"]:
+      lines.append(f"| {r['sigma']:g} | {'yes' if r['normalize'] else 'no'} "
+                   f"| {_pct(r['pixel'])} | {_pct(r['aupro'])} |")
+    lines.append("")
+  return "\n".join(lines)
 
 
 def _machine() -> str:
@@ -360,6 +408,27 @@ def _machine() -> str:
           f"{platform.system()} {platform.machine()}")
 
 
+def _scale(methods: dict, minutes: float) -> str:
+  c = methods["rotation"]["config"]
+  grid = patches.grid_size(256, 32, c["mvtec"]["stride"])
+  n_train = methods["rotation"]["counts"]["fit_patches"] // grid ** 2
+  return (
+      f"Scale: {c['model']['backbone']} width {c['model']['width']} (stem "
+      f"{c['model']['stem_width']}, f = {int(512 * c['model']['width'])}-d), "
+      f"MLP head width {c['model']['head_width']}, {c['total_steps']} steps "
+      f"of batch {c['batch_size']} per method (x4 rotated views for "
+      f"rotation, x2 views for contrastive), "
+      f"{c['mvtec']['patches_per_image']} crops per training image; "
+      f"{n_train} train/good images; test: {_TEST_GOOD.value} good + "
+      f"{_TEST_PER_DEFECT.value} per defect type (seeded subset); stride "
+      f"{c['mvtec']['stride']} (a {grid}x{grid} grid); coreset bank "
+      f"{c['mvtec']['memory_bank_size']} from {c['mvtec']['coreset_pool']} "
+      f"random candidates (selected on a "
+      f"{c['mvtec']['coreset_projection']}-d random projection when the "
+      f"features have more dims: raw pixels); sigma {c['mvtec']['sigma']:g}, "
+      f"normalised maps. Wall time of this part: {minutes:.1f} min.")
+
+
 def main(argv):
   del argv
   smoke = _SMOKE.value
@@ -369,45 +438,34 @@ def main(argv):
     flags.FLAGS.small_train, flags.FLAGS.small_test = 10, 8
   workdir = pathlib.Path(_WORKDIR.value)
   workdir.mkdir(parents=True, exist_ok=True)
-  start = time.perf_counter()
+  command = "python benchmarks/mvtec_benchmark.py" + (
+      " --smoke" if smoke else "")
+  today = datetime.date.today().isoformat()
   with tempfile.TemporaryDirectory() as tmp:
     root = prepare_category(pathlib.Path(tmp),
                             60 if smoke else 10_000, _TEST_GOOD.value,
                             _TEST_PER_DEFECT.value)
-    parts = {"methods": run_methods(root, workdir, smoke)}
-    parts["small"] = run_small_case(workdir, smoke)
-  total = time.perf_counter() - start
-  c = parts["methods"]["rotation"]["config"]
-  grid = patches.grid_size(256, 32, c["mvtec"]["stride"])
-  n_train = parts["methods"]["rotation"]["counts"]["fit_patches"] // grid ** 2
-  meta = {
-      "date": datetime.date.today().isoformat(),
-      "command": "python benchmarks/mvtec_benchmark.py" + (
-          " --smoke" if smoke else ""),
-      "machine": _machine(),
-      "jax": jax.__version__,
-      "scale": (
-          f"Scale: {c['model']['backbone']} width {c['model']['width']} (stem "
-          f"{c['model']['stem_width']}, f = {int(512 * c['model']['width'])}"
-          f"-d), MLP head width {c['model']['head_width']}, "
-          f"{c['total_steps']} steps of batch {c['batch_size']} per method "
-          f"(x4 rotated views for rotation, x2 views for contrastive), "
-          f"{c['mvtec']['patches_per_image']} crops per "
-          f"training image; {n_train} train/good images; test: "
-          f"{_TEST_GOOD.value} good + {_TEST_PER_DEFECT.value} per defect "
-          f"type (seeded subset); stride {c['mvtec']['stride']} (a "
-          f"{grid}x{grid} grid); "
-          f"coreset bank {c['mvtec']['memory_bank_size']} from "
-          f"{c['mvtec']['coreset_pool']} random candidates; sigma "
-          f"{c['mvtec']['sigma']:g}, normalised maps. Total wall time "
-          f"{total / 60:.1f} min."),
-  }
-  for r in parts["methods"].values():
-    r.pop("config")
+    if _PART.value == "all":
+      start = time.perf_counter()
+      methods = run_methods(root, workdir, smoke)
+      meta = {"date": today, "command": command, "machine": _machine(),
+              "jax": jax.__version__,
+              "scale": _scale(methods, (time.perf_counter() - start) / 60)}
+      for r in methods.values():
+        r.pop("config")
+    else:
+      previous = json.loads((workdir / "benchmark.json").read_text())
+      methods, meta = previous["methods"], previous["meta"]
+    start = time.perf_counter()
+    small = run_small_case(workdir, root, smoke)
+  if _PART.value == "small":
+    command += " --part=small"
+  meta.update(small_command=command, small_date=today,
+              small_minutes=(time.perf_counter() - start) / 60)
+  parts = {"methods": methods, "small": small}
   (workdir / "benchmark.json").write_text(json.dumps(
       {"meta": meta, **parts}, indent=2, default=float))
   print(markdown(parts, meta))
-  logging.info("Done in %.1f min.", total / 60)
 
 
 if __name__ == "__main__":

@@ -303,6 +303,10 @@ def restore_run(workdir: str, mesh):
 def evaluate_workdir(workdir: str, detector_names=None, embedding=None):
   mesh = parallel.make_mesh()
   config, run, state = restore_run(workdir, mesh)
+  if config.data.name == "mvtec":  # Dense patch scoring and localization.
+    from oneclass_jax.mvtec import evaluate as mvtec_evaluate  # pylint: disable=g-import-not-at-top
+    return mvtec_evaluate.evaluate_state(config, workdir, run.model, state,
+                                         run.data, mesh)
   return evaluate_state(config, workdir, run.model, state, run.data, mesh,
                         detector_names=detector_names, embedding=embedding)
 

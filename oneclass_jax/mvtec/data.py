@@ -11,9 +11,9 @@
   (S - P + 1)^2 positions by the i-th pair of uniforms of
   `np.random.default_rng(seed)`, so it depends on (seed, i) only. The crops
   are the same every epoch (a grain source does not know the epoch); the
-  view augmentations of the method still differ. With a distribution augmentation (`data.dist_aug`,
-  contrastive_da) every crop also appears under each geometric transform as a
-  distinct record, as in `one_class`.
+  view augmentations of the method still differ. With a distribution
+  augmentation (`data.dist_aug`, contrastive_da) every crop also appears
+  under each geometric transform as a distinct record, as in `one_class`.
 * `fit`: every patch of the resized train/good images on the evaluation grid
   (stride mvtec.stride), from which the memory bank is drawn.
 * `test`: the whole resized test images with their masks, labels (0 good,
