@@ -104,6 +104,30 @@ def extract(model, variables, source, mesh, *, batch_size: int,
   return result
 
 
+def cached_embeddings(workdir, step, compute, *, need_rotations):
+  """(fit, test) embeddings of checkpoint `step`, from `embeddings/` if there.
+
+  The cache holds f and g∘f (and the rotation logits when they were asked
+  for), keyed by step, so re-scoring with other detectors or the other
+  embedding does not run the network again.
+  """
+  path = os.path.join(workdir, "embeddings", f"step_{step}.npz")
+  if os.path.exists(path):
+    with np.load(path) as cached:
+      arrays = dict(cached)
+    if not need_rotations or "test/rot_logits" in arrays:
+      split = lambda p: {k.split("/", 1)[1]: v for k, v in arrays.items()
+                         if k.startswith(p + "/")}
+      return split("fit"), split("test")
+  fit_emb, test_emb = compute()
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    arrays = {**{f"fit/{k}": v for k, v in fit_emb.items()},
+              **{f"test/{k}": v for k, v in test_emb.items()}}
+    _write_atomic(path, lambda f: np.savez(f, **arrays), mode="wb")
+  return fit_emb, test_emb
+
+
 def _split_names(names) -> list[str]:
   """Detector names from a list, a tuple or 'kde,ocsvm' (command lines)."""
   if isinstance(names, str):
@@ -189,8 +213,10 @@ def evaluate_state(config, workdir, model, state, data, mesh, *,
   step = int(jax.device_get(state["step"]))
   extract_fn = functools.partial(extract, model, variables, mesh=mesh,
                                  batch_size=config.eval.batch_size)
-  fit_emb = extract_fn(data.fit)
-  test_emb = extract_fn(data.test, rotations=rotations)
+  fit_emb, test_emb = cached_embeddings(
+      workdir, step, lambda: (extract_fn(data.fit),
+                              extract_fn(data.test, rotations=rotations)),
+      need_rotations=rotations)
   key = EMBEDDING_KEYS[embedding]
   for split, emb in (("fit", fit_emb), ("test", test_emb)):
     detectors.check_features(emb[key], f"{split} embeddings ({embedding})")

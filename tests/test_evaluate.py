@@ -97,6 +97,20 @@ def test_score_cli_matches_evaluation(trained, folder, tmp_path):  # noqa: F811
   assert out.read_text().splitlines()[0] == "image,score,verdict,threshold"
 
 
+def test_embeddings_are_cached_per_step(trained, monkeypatch):
+  cache = sorted((trained / "embeddings").glob("step_*.npz"))
+  assert [p.name for p in cache] == ["step_6.npz"]
+  with np.load(cache[0]) as arrays:
+    assert arrays["fit/pools"].shape[0] == 48
+    assert arrays["test/embeds"].shape[0] == 32
+  calls = []
+  original = evaluate.extract
+  monkeypatch.setattr(evaluate, "extract",
+                      lambda *a, **k: calls.append(1) or original(*a, **k))
+  evaluate.evaluate_workdir(str(trained), ["kde"], "f")
+  assert not calls  # Served from the cache: the network did not run.
+
+
 def test_rotation_scores_in_results(trained):
   saved = json.loads((trained / "results.json").read_text())
   del saved
