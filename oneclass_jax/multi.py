@@ -8,7 +8,11 @@ states are stacked along a leading model axis and the per-device step of
 (`model`, `data`). Models are spread over the `model` devices
 (`config.num_model_shards`), each model's batch over the `data` devices, so
 the per-device semantics (BatchNorm statistics, gathered contrastive
-negatives) are exactly those of a single run.
+negatives) are exactly those of a single run. On one device the models run
+either as one wide step (`vmap`: convolutions become grouped ones, which keeps
+an accelerator busy) or one after another inside the step (`map`: XLA's CPU
+grouped convolutions are several times slower than K plain ones);
+`config.model_batching='auto'` picks `map` on CPU, `vmap` elsewhere.
 
 Each model keeps its own data stream (a `pipeline.train_loader` with its
 seed), optimizer state, metrics, checkpoints and results, in
@@ -56,7 +60,9 @@ MODEL_AXIS = "model"
 PER_MODEL_FIELDS = ("seed", "data.seed", "data.inlier_class", "data.dist_aug")
 # The multi-model settings, reset to their defaults in each model's config.
 _MULTI_DEFAULTS = {"seeds": "", "num_model_shards": 1,
-                   "data.inlier_classes": "", "data.dist_augs": ""}
+                   "model_batching": "auto", "data.inlier_classes": "",
+                   "data.dist_augs": ""}
+BATCHING = ("auto", "vmap", "map")
 
 
 def is_multi(config) -> bool:
@@ -126,16 +132,28 @@ def make_mesh(num_devices: int | None = None,
       axis_types=(jax.sharding.AxisType.Explicit,) * 2)
 
 
-def shard_models_step(step_fn, mesh):
-  """jit(shard_map(vmap(step))) over stacked states [K, ...].
+def resolve_batching(batching: str) -> str:
+  """'auto' -> 'map' on CPU, 'vmap' on accelerators."""
+  if batching not in BATCHING:
+    raise ValueError(f"model_batching must be one of {BATCHING}, got "
+                     f"{batching!r}.")
+  if batching == "auto":
+    return "map" if jax.default_backend() == "cpu" else "vmap"
+  return batching
+
+
+def shard_models_step(step_fn, mesh, batching: str = "vmap"):
+  """jit(shard_map(vmap or map of step)) over stacked states [K, ...].
 
   `step_fn(state, images, rng, axis_name)` is train.make_step_fn's per-device
   step; images are [K, global batch, H, W, C], rngs [K] typed keys.
   """
+  step = functools.partial(step_fn, axis_name=parallel.AXIS)
 
   def per_device(states, images, rngs):
-    return jax.vmap(functools.partial(step_fn, axis_name=parallel.AXIS))(
-        states, images, rngs)
+    if resolve_batching(batching) == "map":
+      return jax.lax.map(lambda args: step(*args), (states, images, rngs))
+    return jax.vmap(step)(states, images, rngs)
 
   models = P(MODEL_AXIS)
   sharded = jax.shard_map(
@@ -188,14 +206,14 @@ class Models:
 
 
 def build(named_configs, num_devices: int | None = None,
-          model_shards: int = 1) -> Models:
+          model_shards: int = 1, batching: str = "auto") -> Models:
   """Data, models and the vmapped step for K compatible single-run configs.
 
   Raises:
     ValueError: configs that differ in more than PER_MODEL_FIELDS, or whose
       data give different image shapes or numbers of steps, a model count
-      not divisible by `model_shards`, or a batch that does not split over
-      the data devices.
+      not divisible by `model_shards`, a batch that does not split over the
+      data devices, or an unknown `batching` (see BATCHING).
   """
   names = [name for name, _ in named_configs]
   configs = [config for _, config in named_configs]
@@ -222,7 +240,8 @@ def build(named_configs, num_devices: int | None = None,
   first, config = runs[0], configs[0]
   method = methods.get(config.method)
   step = shard_models_step(
-      train.make_step_fn(first.model, method, first.tx, config), mesh)
+      train.make_step_fn(first.model, method, first.tx, config), mesh,
+      resolve_batching(batching))
   image_shape = tuple(first.data.train[0]["image"].shape)
   init = jax.jit(
       jax.vmap(functools.partial(train.init_state, first.model, first.tx,
@@ -300,7 +319,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   root = epath.Path(workdir)
   train._prepare_workdir(workdir, config)
   models = build(named, config.get("num_devices") or None,
-                 config.get("num_model_shards", 1))
+                 config.get("num_model_shards", 1),
+                 config.get("model_batching", "auto"))
   workdirs = [str(root / name) for name in models.names]
   for wd, cfg in zip(workdirs, models.configs):
     train._prepare_workdir(wd, cfg)
@@ -343,8 +363,9 @@ def _train(models: Models, workdirs, config):
     last_step = min(total, start + config.max_steps_this_run)
   batch = configs[0].batch_size
   logging.info("Training %d %s models (%s) on %s: %d steps, batch %d each, "
-               "mesh %s.", k, config.method, ", ".join(names),
-               config.data.name, total, batch, dict(models.mesh.shape))
+               "mesh %s, models %s.", k, config.method, ", ".join(names),
+               config.data.name, total, batch, dict(models.mesh.shape),
+               resolve_batching(config.get("model_batching", "auto")))
   writers = [metric_writers.MetricWriter(wd) for wd in workdirs]
   schedule = models.runs[0].schedule
   history, t_window, n_window = [], time.perf_counter(), 0
