@@ -16,8 +16,8 @@ one process:
   apart.
 * FLOPs per step: every convolution and matrix product of the traced step
   (forward, backward, augmentation), counted from the jaxpr as 2 x output
-  elements x contraction length; XLA's own cost analysis is printed beside
-  it.
+  elements x contraction length (zeros inserted by input dilation not
+  counted); XLA's own cost analysis is printed beside it.
 * ceiling: each of those products timed alone as a plain (batched) matrix
   multiply of the same GEMM shape and dtype, the times added up: what the
   step would cost if all its multiply-adds ran at this machine's matmul
@@ -57,38 +57,6 @@ import numpy as np
 from oneclass_jax import multi
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-_METHODS = flags.DEFINE_list("methods", ["contrastive_da"],
-                             "configs/<method>.py to time.")
-_MODELS = flags.DEFINE_list("models", ["1"], "Numbers K of models trained "
-                            "at once (one inlier class each: 0..K-1).")
-_DTYPES = flags.DEFINE_list("dtypes", ["float32"], "Backbone compute dtypes "
-                            "(model.dtype): float32, bfloat16.")
-_WIDTH = flags.DEFINE_float("width", 1.0, "ResNet width multiplier (the stem "
-                            "gets 64 x width channels).")
-_BATCH = flags.DEFINE_integer("batch", 0, "Batch per model (0: the "
-                              "config's: 32 contrastive, 64 rotation).")
-_NUM_DEVICES = flags.DEFINE_integer("num_devices", 1, "Devices (0 = all).")
-_MODEL_SHARDS = flags.DEFINE_integer("model_shards", 1, "Devices along the "
-                                     "model axis.")
-_BATCHING = flags.DEFINE_enum("batching", "auto", list(multi.BATCHING),
-                              "How the K models share a device (multi.py).")
-_DATASET = flags.DEFINE_string("dataset", "cifar10", "Dataset name.")
-_SOURCE_DIR = flags.DEFINE_string("source_dir", "", "Local source (e.g. the "
-                                  "unpacked CIFAR-10 JPEG copy).")
-_DATA_DIR = flags.DEFINE_string("data_dir", "", "tfds data dir (where the "
-                                "source is prepared once).")
-_STEPS = flags.DEFINE_integer("steps", 20, "Timed windows of the step.")
-_WINDOW = flags.DEFINE_integer("window", 1, "Steps per timed window.")
-_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first.")
-_PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 40, "Batches "
-                                         "(per model) read to time the "
-                                         "pipeline and the end-to-end loop.")
-_CEILING = flags.DEFINE_bool("ceiling", True, "Time the step's GEMMs alone.")
-_JSON = flags.DEFINE_string("json", "", "Also write the rows here.")
-_SMOKE = flags.DEFINE_bool("smoke", False, "Tiny network, tiny generated "
-                           "data, 2 steps: checks that it runs (CI).")
-
 
 def load_config(method: str, arg: str):
   """configs/<method>.py's get_config(arg), unlocked."""
@@ -144,7 +112,12 @@ def _eqns(jaxpr):
 
 
 def _conv_gemm(eqn) -> Gemm:
-  """A convolution as G batched GEMMs: 2*G*m*k*n = 2 * |out| * k."""
+  """A convolution as G batched GEMMs: 2*G*m*k*n = 2 * |out| * k / dilation.
+
+  An input dilation (the input gradient of a strided convolution) inserts
+  zeros; their products are not counted, so that convolution counts as the
+  forward one it transposes (up to the image borders).
+  """
   lhs, rhs = (v.aval for v in eqn.invars)
   out = eqn.outvars[0].aval
   dims = eqn.params["dimension_numbers"]
@@ -154,7 +127,8 @@ def _conv_gemm(eqn) -> Gemm:
   out_features = out.shape[out_spec[1]]
   contraction = rhs.shape[rhs_spec[1]] * int(
       np.prod([rhs.shape[d] for d in rhs_spec[2:]]))
-  m = int(np.prod(out.shape)) // out_features
+  dilation = int(np.prod(eqn.params["lhs_dilation"] or (1,)))
+  m = round(int(np.prod(out.shape)) / out_features / dilation)
   return Gemm(groups, m, contraction, out_features // groups, lhs.dtype)
 
 
@@ -378,18 +352,51 @@ def make_tiny_folder(root: pathlib.Path, per_class=40, classes=2) -> str:
   return str(root)
 
 
+def _define_flags():
+  """Flags live here, not at import: gpu_benchmark.py imports this file."""
+  flags.DEFINE_list("methods", ["contrastive_da"],
+                    "configs/<method>.py to time.")
+  flags.DEFINE_list("models", ["1"], "Numbers K of models trained at once "
+                    "(one inlier class each: 0..K-1).")
+  flags.DEFINE_list("dtypes", ["float32"], "Backbone compute dtypes "
+                    "(model.dtype): float32, bfloat16.")
+  flags.DEFINE_float("width", 1.0, "ResNet width multiplier (the stem gets "
+                     "64 x width channels).")
+  flags.DEFINE_integer("batch", 0, "Batch per model (0: the config's: 32 "
+                       "contrastive, 64 rotation).")
+  flags.DEFINE_integer("num_devices", 1, "Devices (0 = all).")
+  flags.DEFINE_integer("model_shards", 1, "Devices along the model axis.")
+  flags.DEFINE_enum("batching", "auto", list(multi.BATCHING),
+                    "How the K models share a device (multi.py).")
+  flags.DEFINE_string("dataset", "cifar10", "Dataset name.")
+  flags.DEFINE_string("source_dir", "", "Local source (e.g. the unpacked "
+                      "CIFAR-10 JPEG copy).")
+  flags.DEFINE_string("data_dir", "", "tfds data dir (where the source is "
+                      "prepared once).")
+  flags.DEFINE_integer("steps", 20, "Timed windows of the step.")
+  flags.DEFINE_integer("window", 1, "Steps per timed window.")
+  flags.DEFINE_integer("warmup", 3, "Untimed steps first.")
+  flags.DEFINE_integer("pipeline_batches", 40, "Batches (per model) read to "
+                       "time the pipeline and the end-to-end loop.")
+  flags.DEFINE_bool("ceiling", True, "Time the step's GEMMs alone.")
+  flags.DEFINE_string("json", "", "Also write the rows here.")
+  flags.DEFINE_bool("smoke", False, "Tiny network, tiny generated data, 2 "
+                    "steps: checks that it runs (CI).")
+
+
 def main(argv):
   del argv
-  settings = dict(steps=_STEPS.value, window=_WINDOW.value,
-                  warmup=_WARMUP.value,
-                  pipeline_batches=_PIPELINE_BATCHES.value,
-                  ceiling=_CEILING.value)
-  common = dict(width=_WIDTH.value, batch=_BATCH.value,
-                dataset=_DATASET.value, source_dir=_SOURCE_DIR.value,
-                data_dir=_DATA_DIR.value, num_devices=_NUM_DEVICES.value,
-                model_shards=_MODEL_SHARDS.value, batching=_BATCHING.value)
+  f = flags.FLAGS
+  settings = dict(steps=f.steps, window=f.window,
+                  warmup=f.warmup,
+                  pipeline_batches=f.pipeline_batches,
+                  ceiling=f.ceiling)
+  common = dict(width=f.width, batch=f.batch,
+                dataset=f.dataset, source_dir=f.source_dir,
+                data_dir=f.data_dir, num_devices=f.num_devices,
+                model_shards=f.model_shards, batching=f.batching)
   with tempfile.TemporaryDirectory() as tmp:
-    if _SMOKE.value:
+    if f.smoke:
       settings = dict(steps=2, window=1, warmup=1, pipeline_batches=2,
                       ceiling=True)
       common.update(dataset="image_folder", batch=16, tiny=True,
@@ -397,15 +404,15 @@ def main(argv):
                     data_dir=str(pathlib.Path(tmp) / "tfds"))
     print(f"Machine: {machine()}; load average {os.getloadavg()[0]:.2f} "
           "(1 min) at start.")
-    peak_dtypes = sorted(set(_DTYPES.value))
-    size = 256 if _SMOKE.value else 2048
+    peak_dtypes = sorted(set(f.dtypes))
+    size = 256 if f.smoke else 2048
     for dtype in peak_dtypes:
       print(f"Matmul peak {dtype} ({size}^3): "
             f"{matmul_peak(dtype, size) / 1e9:.1f} GFLOP/s")
     rows = []
-    for method in _METHODS.value:
-      for k in (int(v) for v in _MODELS.value):
-        for dtype in _DTYPES.value:
+    for method in f.methods:
+      for k in (int(v) for v in f.models):
+        for dtype in f.dtypes:
           config = make_config(method, num_models=k, dtype=dtype, **common)
           rows.append(benchmark(config, **settings))
           print(markdown(rows[-1:]).splitlines()[-1], flush=True)
@@ -413,9 +420,10 @@ def main(argv):
   print(markdown(rows))
   print(f"\nLoad average {os.getloadavg()[0]:.2f} (1 min) at the end; "
         f"{datetime.datetime.now().isoformat(timespec='minutes')}.")
-  if _JSON.value:
-    pathlib.Path(_JSON.value).write_text(json.dumps(rows, indent=2))
+  if f.json:
+    pathlib.Path(f.json).write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -167,7 +167,7 @@ def base_config(arg) -> ml_collections.ConfigDict:
   c.num_devices = 0          # 0 = all devices of all hosts.
   c.seeds = ""               # Several seeds at once: '0-4' ('' = seed).
   c.num_model_shards = 1     # Devices along the model axis (multi.py).
-  c.model_batching = "auto"  # multi.py: vmap, map, or auto (CPU: map).
+  c.model_batching = "auto"  # multi.py: vmap, sequential, auto (CPU: seq.).
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3

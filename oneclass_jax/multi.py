@@ -10,9 +10,10 @@ states are stacked along a leading model axis and the per-device step of
 the per-device semantics (BatchNorm statistics, gathered contrastive
 negatives) are exactly those of a single run. On one device the models run
 either as one wide step (`vmap`: convolutions become grouped ones, which keeps
-an accelerator busy) or one after another inside the step (`map`: XLA's CPU
-grouped convolutions are several times slower than K plain ones);
-`config.model_batching='auto'` picks `map` on CPU, `vmap` elsewhere.
+an accelerator busy) or one after another inside the step (`sequential`:
+the step's graph unrolled K times; XLA's CPU grouped convolutions are several
+times slower than K plain ones, and its CPU loops slower still);
+`config.model_batching='auto'` picks `sequential` on CPU, `vmap` elsewhere.
 
 Each model keeps its own data stream (a `pipeline.train_loader` with its
 seed), optimizer state, metrics, checkpoints and results, in
@@ -36,6 +37,7 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -62,7 +64,7 @@ PER_MODEL_FIELDS = ("seed", "data.seed", "data.inlier_class", "data.dist_aug")
 _MULTI_DEFAULTS = {"seeds": "", "num_model_shards": 1,
                    "model_batching": "auto", "data.inlier_classes": "",
                    "data.dist_augs": ""}
-BATCHING = ("auto", "vmap", "map")
+BATCHING = ("auto", "vmap", "sequential")
 
 
 def is_multi(config) -> bool:
@@ -133,17 +135,17 @@ def make_mesh(num_devices: int | None = None,
 
 
 def resolve_batching(batching: str) -> str:
-  """'auto' -> 'map' on CPU, 'vmap' on accelerators."""
+  """'auto' -> 'sequential' on CPU, 'vmap' on accelerators."""
   if batching not in BATCHING:
     raise ValueError(f"model_batching must be one of {BATCHING}, got "
                      f"{batching!r}.")
   if batching == "auto":
-    return "map" if jax.default_backend() == "cpu" else "vmap"
+    return "sequential" if jax.default_backend() == "cpu" else "vmap"
   return batching
 
 
 def shard_models_step(step_fn, mesh, batching: str = "vmap"):
-  """jit(shard_map(vmap or map of step)) over stacked states [K, ...].
+  """jit(shard_map(K models' steps)) over stacked states [K, ...].
 
   `step_fn(state, images, rng, axis_name)` is train.make_step_fn's per-device
   step; images are [K, global batch, H, W, C], rngs [K] typed keys.
@@ -151,9 +153,11 @@ def shard_models_step(step_fn, mesh, batching: str = "vmap"):
   step = functools.partial(step_fn, axis_name=parallel.AXIS)
 
   def per_device(states, images, rngs):
-    if resolve_batching(batching) == "map":
-      return jax.lax.map(lambda args: step(*args), (states, images, rngs))
-    return jax.vmap(step)(states, images, rngs)
+    if resolve_batching(batching) == "vmap":
+      return jax.vmap(step)(states, images, rngs)
+    outs = [step(*jax.tree.map(lambda x, i=i: x[i], (states, images, rngs)))
+            for i in range(images.shape[0])]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
   models = P(MODEL_AXIS)
   sharded = jax.shard_map(
@@ -185,8 +189,8 @@ class Models:
   def keys(self):
     """Per-model (init keys, step keys) [K], as a single run draws them."""
     pairs = [jax.random.split(jax.random.key(c.seed)) for c in self.configs]
-    return (jax.numpy.stack([p[0] for p in pairs]),
-            jax.numpy.stack([p[1] for p in pairs]))
+    return (jnp.stack([p[0] for p in pairs]),
+            jnp.stack([p[1] for p in pairs]))
 
   def shard(self, tree):
     """Puts host (or single-mesh) values [K, ...] on the model axis."""

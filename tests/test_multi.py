@@ -119,7 +119,7 @@ def test_k_models_equal_single_runs_and_resume(folder, tmp_path):
   stopped after 2 steps and resumed, against each model trained alone.
 
   Steps 1-2 run the models as one vmapped step, step 3 (after resuming)
-  one after another (lax.map): both must give each model's own training.
+  one after another: both must give each model's own training.
 
   The vmapped step sums in another order than the single one; this tiny
   network's training is chaotic enough to amplify those roundings ~10x per
@@ -133,7 +133,7 @@ def test_k_models_equal_single_runs_and_resume(folder, tmp_path):
   assert multi.train_and_evaluate(config, str(workdir)) is None
   config.unlock()
   config.max_steps_this_run = -1
-  config.model_batching = "map"
+  config.model_batching = "sequential"
   config.lock()
   results = multi.train_and_evaluate(config, str(workdir))
   assert list(results) == ["0_0", "0_1", "1_0", "1_1"]

@@ -1,0 +1,82 @@
+"""The training benchmarks run end to end in their --smoke modes (no timing
+is checked), and their FLOP counting agrees with hand-counted shapes."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import train_throughput  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def _run(args, tmp_path, timeout=600):
+  # One CPU device, as the benchmarks are meant to run (not the 8 fake
+  # devices of the other tests).
+  # The scripts import oneclass_jax from this checkout, installed or not.
+  env = dict(os.environ, TFDS_DATA_DIR=str(tmp_path / "tfds"), XLA_FLAGS="",
+             PYTHONPATH=os.pathsep.join(
+                 filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+  proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return proc.stdout
+
+
+def test_train_throughput_smoke(tmp_path):
+  out = _run([sys.executable, "benchmarks/train_throughput.py", "--smoke",
+              "--models=1,2", f"--json={tmp_path / 'rows.json'}"], tmp_path)
+  rows = [line for line in out.splitlines()
+          if line.startswith("| contrastive_da |")]
+  assert len(rows) == 4  # Printed as measured, then in the final table.
+  assert "| 2 (sequential) | float32 |" in rows[1]
+  assert "Matmul peak float32" in out
+
+
+def test_gpu_benchmark_smoke(tmp_path, shared_data_dir):
+  del shared_data_dir  # The script finds ../shared/data itself.
+  out = _run(["bash", "benchmarks/gpu_benchmark.sh", "--smoke",
+              f"--out={tmp_path / 'out'}"], tmp_path)
+  for expected in ("| 1 (", "| 2 (", "Table 2, CIFAR-10 column",
+                   "| mean |", "Report:"):
+    assert expected in out, expected
+  report = (tmp_path / "out" / "report.md").read_text()
+  assert "| 0 (airplane) |" in report and "| 1 (automobile) |" in report
+
+
+def test_gemm_flops_of_a_convolution_and_a_dense_layer():
+  """2 x multiply-adds, counted by hand for a strided conv, a grouped conv
+  (as vmap makes of K models) and a matmul, forward and backward."""
+
+  def loss(w_conv, w_group, w_dense, x):
+    dims = ("NHWC", "HWIO", "NHWC")
+    y = jax.lax.conv_general_dilated(x, w_conv, (2, 2), "VALID",
+                                     dimension_numbers=dims)
+    z = jax.lax.conv_general_dilated(y, w_group, (1, 1), "VALID",
+                                     dimension_numbers=dims,
+                                     feature_group_count=2)
+    return jnp.sum(z.reshape(z.shape[0], -1) @ w_dense)
+
+  x = jnp.ones((4, 33, 33, 3))
+  w_conv = jnp.ones((3, 3, 3, 8))      # -> [4, 16, 16, 8]
+  w_group = jnp.ones((1, 1, 4, 6))     # 2 groups of 4 -> 3 channels
+  w_dense = jnp.ones((16 * 16 * 6, 5))
+  forward = train_throughput.gemms(loss, w_conv, w_group, w_dense, x)
+  assert {(g.groups, g.m, g.k, g.n) for g in forward} == {
+      (1, 4 * 256, 27, 8), (2, 4 * 256, 4, 3), (1, 4, 16 * 16 * 6, 5)}
+  conv = 2 * (4 * 16 * 16 * 8) * (3 * 3 * 3)
+  group = 2 * (4 * 16 * 16 * 6) * 4
+  dense = 2 * 4 * (16 * 16 * 6) * 5
+  assert sorted(train_throughput.gemm_flops(g) for g in forward) == sorted(
+      [conv, group, dense])
+  # With the gradients of all inputs every product comes twice more; the
+  # strided conv's input gradient also covers the border row and column
+  # the forward conv skipped (33 = 2 * 16 + 1): 6% more here.
+  backward = train_throughput.gemms(jax.grad(loss, argnums=(0, 1, 2, 3)),
+                                    w_conv, w_group, w_dense, x)
+  total = sum(train_throughput.gemm_flops(g) for g in backward)
+  np.testing.assert_allclose(total, 3 * (conv + group + dense), rtol=0.05)
