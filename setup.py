@@ -33,5 +33,7 @@ setuptools.setup(
         # TensorFlow is only needed to *prepare* tfds catalog datasets whose
         # builders use it (e.g. celeb_a); training never imports it.
         "tf": ["tensorflow-cpu"],
+        # gs:// workdirs: epath's object-store backend and tensorboardX's.
+        "gcs": ["gcsfs", "google-cloud-storage"],
     },
 )

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import pickle
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +28,7 @@ from jax.sharding import PartitionSpec as P
 from oneclass_jax import checkpoint
 from oneclass_jax import config_lib
 from oneclass_jax import detectors
+from oneclass_jax import files
 from oneclass_jax import metrics
 from oneclass_jax import parallel
 from oneclass_jax.data import augment
@@ -111,20 +110,19 @@ def cached_embeddings(workdir, step, compute, *, need_rotations):
   for), keyed by step, so re-scoring with other detectors or the other
   embedding does not run the network again.
   """
-  path = os.path.join(workdir, "embeddings", f"step_{step}.npz")
-  if os.path.exists(path):
-    with np.load(path) as cached:
-      arrays = dict(cached)
+  path = files.path(workdir) / "embeddings" / f"step_{step}.npz"
+  if path.exists():
+    arrays = files.load_npz(path)
     if not need_rotations or "test/rot_logits" in arrays:
       split = lambda p: {k.split("/", 1)[1]: v for k, v in arrays.items()
                          if k.startswith(p + "/")}
       return split("fit"), split("test")
   fit_emb, test_emb = compute()
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {**{f"fit/{k}": v for k, v in fit_emb.items()},
               **{f"test/{k}": v for k, v in test_emb.items()}}
-    _write_atomic(path, lambda f: np.savez(f, **arrays), mode="wb")
+    files.write_atomic(path, files.npz_bytes(**arrays))
   return fit_emb, test_emb
 
 
@@ -171,24 +169,14 @@ def save_detectors(workdir, fitted: dict, heldout: dict, embedding: str,
   """Pickles the fitted detectors and held-out scores for `score`.
 
   The set is written to a fresh folder that then replaces the old one, so
-  `detectors/` always holds one evaluation's detectors, never a mix.
+  `detectors/` always holds one evaluation's detectors, never a mix
+  (meta.json, written last, marks a complete set: files.write_dir_atomic).
   """
-  root = os.path.join(workdir, "detectors")
-  tmp = f"{root}.tmp.{os.getpid()}"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  for name, det in fitted.items():
-    with open(os.path.join(tmp, f"{name}.pkl"), "wb") as f:
-      pickle.dump(det, f)
-  np.savez(os.path.join(tmp, "heldout_scores.npz"), **heldout)
-  with open(os.path.join(tmp, "meta.json"), "w") as f:
-    json.dump({"embedding": embedding, "step": step,
-               "detectors": sorted(fitted)}, f)
-  old = f"{root}.old.{os.getpid()}"
-  if os.path.exists(root):
-    os.replace(root, old)
-  os.replace(tmp, root)
-  shutil.rmtree(old, ignore_errors=True)
+  contents = {f"{name}.pkl": pickle.dumps(det) for name, det in fitted.items()}
+  contents["heldout_scores.npz"] = files.npz_bytes(**heldout)
+  contents["meta.json"] = json.dumps({"embedding": embedding, "step": step,
+                                      "detectors": sorted(fitted)})
+  files.write_dir_atomic(files.path(workdir) / "detectors", contents)
 
 
 def _aucs(labels, scores: dict) -> dict:
@@ -246,12 +234,9 @@ def evaluate_state(config, workdir, model, state, data, mesh, *,
     results["baselines"] = _baselines(config, model, data, mesh, fitted,
                                       test_labels)
   if jax.process_index() == 0:
-    _write_atomic(os.path.join(workdir, "results.json"),
-                  lambda f: json.dump(results, f, indent=2, sort_keys=True),
-                  mode="w")
-    _write_atomic(os.path.join(workdir, "scores.npz"),
-                  lambda f: np.savez(f, labels=test_labels, **scores),
-                  mode="wb")
+    files.write_json(files.path(workdir) / "results.json", results)
+    files.write_atomic(files.path(workdir) / "scores.npz",
+                       files.npz_bytes(labels=test_labels, **scores))
     save_detectors(workdir, fitted_dets,
                    heldout_scores(fitted, fit_emb[key], config.seed),
                    embedding, step)
@@ -289,13 +274,6 @@ def _output_keys(model, data):
   return set(shapes)
 
 
-def _write_atomic(path, write, mode):
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, mode) as f:
-    write(f)
-  os.replace(tmp, path)
-
-
 def _log_table(results):
   lines = [f"{'detector':<14} AUC"]
   lines += [f"{k:<14} {100 * v:5.1f}" for k, v in results["auc"].items()]
@@ -307,12 +285,11 @@ def _log_table(results):
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = files.path(workdir) / "config.json"
+  if not path.exists():
     raise FileNotFoundError(f"{path} not found: {workdir!r} is not a "
                             "workdir written by `oneclass_jax.main`.")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(files.read_json(path))
 
 
 def restore_run(workdir: str, mesh):

@@ -1,7 +1,8 @@
 """One small metric-writer module: TensorBoard events, a JSONL file, the log.
 
 TensorBoard events come from tensorboardX (clu's writers import TensorFlow,
-which training must not need). Only host 0 writes files; every host logs.
+which training must not need; tensorboardX writes gs:// itself through
+google-cloud-storage). Only host 0 writes files; every host logs.
 """
 from __future__ import annotations
 
@@ -10,31 +11,49 @@ import os
 
 import jax
 
+from oneclass_jax import files
+
 
 class MetricWriter:
-  """Writes scalars to TensorBoard (`workdir/tb`) and `workdir/metrics.jsonl`."""
+  """Writes scalars to TensorBoard (`workdir/tb`) and `workdir/metrics.jsonl`.
+
+  metrics.jsonl is appended to on local disks; object stores (gs://) cannot
+  append, so there the file is rewritten whole (one upload) at each write,
+  starting from what an earlier, resumed run left.
+  """
 
   def __init__(self, workdir: str, enabled: bool | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._tb = None
     self._jsonl = None
+    self._remote_lines = None
     if self.enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(os.path.join(workdir, "tb"))
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      path = files.path(workdir) / "metrics.jsonl"
+      if files.is_remote(path):
+        self._remote_path = path
+        self._remote_lines = (path.read_text().splitlines(keepends=True)
+                              if path.exists() else [])
+      else:
+        self._jsonl = open(path, "a")
 
   def write_scalars(self, step: int, scalars: dict) -> None:
     if not self.enabled:
       return
     for name, value in scalars.items():
       self._tb.add_scalar(name, float(value), step)
-    self._jsonl.write(json.dumps({"step": step, **{
-        k: float(v) for k, v in scalars.items()}}) + "\n")
-    self._jsonl.flush()
+    line = json.dumps({"step": step, **{
+        k: float(v) for k, v in scalars.items()}}) + "\n"
+    if self._jsonl is None:
+      self._remote_lines.append(line)
+      files.write_atomic(self._remote_path, "".join(self._remote_lines))
+    else:
+      self._jsonl.write(line)
+      self._jsonl.flush()
 
   def close(self) -> None:
     if self.enabled:
       self._tb.close()
-      self._jsonl.close()
-
-
+      if self._jsonl is not None:
+        self._jsonl.close()

@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import json
 import time
 from typing import Any, Callable
 
@@ -48,6 +47,7 @@ from jax.sharding import PartitionSpec as P
 from oneclass_jax import checkpoint
 from oneclass_jax import config_lib
 from oneclass_jax import distributed
+from oneclass_jax import files
 from oneclass_jax import methods
 from oneclass_jax import metric_writers
 from oneclass_jax import parallel
@@ -334,7 +334,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                       "dist_aug": cfg.data.dist_aug, "step": r["step"],
                       "auc": r["auc"]}
                for (name, r), cfg in zip(results.items(), models.configs)}
-    train._write_json_atomic(root / "summary.json", summary)
+    files.write_json(root / "summary.json", summary)
   return results
 
 

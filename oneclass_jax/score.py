@@ -13,7 +13,6 @@ are flagged. Unreadable or wrongly sized files are named and skipped.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import pathlib
 import pickle
@@ -24,6 +23,7 @@ from absl import flags
 from absl import logging
 
 from oneclass_jax import evaluate
+from oneclass_jax import files
 from oneclass_jax import parallel
 from oneclass_jax.data import sources
 
@@ -72,17 +72,16 @@ def read_images(folder, dataset: str, image_shape):
 
 
 def load_detector(workdir, name):
-  root = os.path.join(workdir, "detectors")
-  path = os.path.join(root, f"{name}.pkl")
-  if not os.path.exists(path):
+  root = files.path(workdir) / "detectors"
+  path = root / f"{name}.pkl"
+  # meta.json is written last: without it the set is incomplete.
+  if not path.exists() or not (root / "meta.json").exists():
     raise FileNotFoundError(
         f"No fitted detector {name!r} in {root}: run `python -m "
         f"oneclass_jax.evaluate --workdir={workdir} --detectors={name}`.")
-  with open(path, "rb") as f:
-    detector = pickle.load(f)
-  with open(os.path.join(root, "meta.json")) as f:
-    meta = json.load(f)
-  heldout = np.load(os.path.join(root, "heldout_scores.npz"))[name]
+  detector = pickle.loads(path.read_bytes())
+  meta = files.read_json(root / "meta.json")
+  heldout = files.load_npz(root / "heldout_scores.npz")[name]
   return detector, meta, heldout
 
 

@@ -17,7 +17,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import time
 from typing import Any
 
@@ -32,6 +31,7 @@ from jax.sharding import PartitionSpec as P
 from oneclass_jax import checkpoint
 from oneclass_jax import config_lib
 from oneclass_jax import distributed
+from oneclass_jax import files
 from oneclass_jax import methods
 from oneclass_jax import metric_writers
 from oneclass_jax import models
@@ -221,13 +221,7 @@ def _prepare_workdir(workdir: str, config) -> None:
   except OSError as e:
     raise PermissionError(f"Workdir {workdir!r} is not writable ({e}); pass "
                           "a --workdir you can write to.") from e
-  _write_json_atomic(path, current)
-
-
-def _write_json_atomic(path: epath.Path, obj) -> None:
-  tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-  tmp.replace(path)
+  files.write_json(path, current)
 
 
 class _NonFiniteLoss(FloatingPointError):

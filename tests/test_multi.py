@@ -6,7 +6,6 @@ same per-model size, so per-device BatchNorm and the contrastive gather see
 the same shards.
 """
 import json
-import pathlib
 
 import jax
 import jax.extend

@@ -30,7 +30,7 @@ images.
 from __future__ import annotations
 
 import dataclasses
-import json
+import io
 import os
 import time
 from typing import Callable
@@ -47,6 +47,7 @@ from jax.experimental import multihost_utils
 from oneclass_jax import config_lib
 from oneclass_jax import detectors
 from oneclass_jax import evaluate as image_evaluate
+from oneclass_jax import files
 from oneclass_jax import metrics
 from oneclass_jax import parallel
 from oneclass_jax.detectors import kde
@@ -264,7 +265,7 @@ def write_heatmaps(directory: str, test, maps: np.ndarray,
   All panels share one colour scale (median to 99.9th percentile of every
   test map), so brightness is comparable across images.
   """
-  os.makedirs(directory, exist_ok=True)
+  files.path(directory).mkdir(parents=True, exist_ok=True)
   sample = maps.reshape(-1)[::max(1, maps.size // 1_000_000)]
   vmin, vmax = np.percentile(sample, [50.0, 99.9])
   written = []
@@ -286,17 +287,13 @@ def write_heatmaps(directory: str, test, maps: np.ndarray,
     stem = os.path.splitext(os.path.basename(test.files[i]))[0]
     path = os.path.join(directory,
                         f"{i:04d}_{test.defect_types[i]}_{stem}.png")
-    _write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=80), "wb")
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=80)
+    files.write_atomic(path, png.getvalue())
     plt.close(fig)
     written.append(path)
   return written
 
-
-def _write_atomic(path: str, write, mode: str) -> None:
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, mode) as f:
-    write(f)
-  os.replace(tmp, path)
 
 
 def _baselines(config, model, data, mesh) -> dict:
@@ -367,15 +364,12 @@ def evaluate_state(config, workdir, model, state, data, mesh) -> dict:
 
 def _write_outputs(workdir, results, dense: DenseResult, test,
                    heatmaps: int) -> None:
-  _write_atomic(os.path.join(workdir, "results.json"),
-                lambda f: json.dump(results, f, indent=2, sort_keys=True), "w")
-  _write_atomic(os.path.join(workdir, "scores.npz"),
-                lambda f: np.savez(f, labels=test.labels,
-                                   image_kde=dense.image_scores), "wb")
-  _write_atomic(os.path.join(workdir, "score_grids.npz"),
-                lambda f: np.savez(f, grids=dense.grids, labels=test.labels,
-                                   defect_types=np.asarray(test.defect_types)),
-                "wb")
+  files.write_json(os.path.join(workdir, "results.json"), results)
+  files.write_atomic(os.path.join(workdir, "scores.npz"), files.npz_bytes(
+      labels=test.labels, image_kde=dense.image_scores))
+  files.write_atomic(os.path.join(workdir, "score_grids.npz"), files.npz_bytes(
+      grids=dense.grids, labels=test.labels,
+      defect_types=np.asarray(test.defect_types)))
   write_heatmaps(os.path.join(workdir, HEATMAP_DIR), test, dense.maps,
                  dense.image_scores, heatmap_indices(test.defect_types,
                                                      heatmaps))
