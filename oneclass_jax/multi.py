@@ -362,9 +362,7 @@ def _train(models: Models, workdirs, config):
   start = int(start or 0)
 
   total = models.total_steps
-  last_step = total
-  if config.get("max_steps_this_run", -1) > 0:
-    last_step = min(total, start + config.max_steps_this_run)
+  last_step = train.run_until(config, start, total)
   batch = configs[0].batch_size
   logging.info("Training %d %s models (%s) on %s: %d steps, batch %d each, "
                "mesh %s, models %s.", k, config.method, ", ".join(names),
@@ -382,10 +380,7 @@ def _train(models: Models, workdirs, config):
       n_window += 1
       done = step + 1
       stop = guard.should_stop(done)
-      is_log = (done % config.log_every_steps == 0 or done == last_step or
-                stop)
-      is_ckpt = (done % config.checkpoint_every_steps == 0 or
-                 done == last_step or stop)
+      is_log, is_ckpt = train.cadence(config, done, last_step, stop)
       if not (is_log or is_ckpt):
         continue
       history = [(s, jax.device_get(m)) for s, m in history]

@@ -270,9 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
   train_step = shard_step(make_step_fn(model, method, tx, config), mesh)
   writer = metric_writers.MetricWriter(workdir)
-  last_step = total_steps
-  if config.get("max_steps_this_run", -1) > 0:
-    last_step = min(total_steps, start + config.max_steps_this_run)
+  last_step = run_until(config, start, total_steps)
   logging.info("Training %s on %s class %s: %d steps (%d per epoch), global "
                "batch %d on %d devices.", config.method, config.data.name,
                config.data.inlier_class, total_steps, steps_per_epoch,
@@ -292,10 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       # Asked by every process every step: after SIGTERM all of them save
       # the same step and stop.
       stop = guard.should_stop(done)
-      is_log = (done % config.log_every_steps == 0 or done == last_step or
-                stop)
-      is_ckpt = (done % config.checkpoint_every_steps == 0 or
-                 done == last_step or stop)
+      is_log, is_ckpt = cadence(config, done, last_step, stop)
       if not (is_log or is_ckpt):
         continue
       history = [(s, jax.device_get(m)) for s, m in history]
@@ -334,6 +329,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     from oneclass_jax import evaluate
   # pylint: enable=g-import-not-at-top
   return evaluate.evaluate_state(config, workdir, model, state, data, mesh)
+
+
+def run_until(config, start: int, total_steps: int) -> int:
+  """The step this run stops at: the end, or start + max_steps_this_run."""
+  if config.get("max_steps_this_run", -1) > 0:
+    return min(total_steps, start + config.max_steps_this_run)
+  return total_steps
+
+
+def cadence(config, done: int, last_step: int, stop: bool):
+  """(log?, checkpoint?) after step `done`; the last step and a stop do both.
+
+  Host-side metrics are fetched only at these steps, so the loop does not
+  wait for the device in between.
+  """
+  end = done == last_step or stop
+  return (done % config.log_every_steps == 0 or end,
+          done % config.checkpoint_every_steps == 0 or end)
 
 
 def _format_eta(seconds: float) -> str:
