@@ -58,6 +58,9 @@ flags.DEFINE_list("classes", [str(i) for i in range(10)], "Inlier classes.")
 flags.DEFINE_integer("seed", 0, "Seed of every run.")
 flags.DEFINE_integer("steps", 300, "Training steps per run.")
 flags.DEFINE_float("width", 0.125, "ResNet-18 width multiplier.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                  "Backbone compute dtype (model.dtype); parameters stay "
+                  "float32. Use another --root for bfloat16 runs.")
 flags.DEFINE_string("cifar10_archive",
                     str(ROOT.parent / "shared" / "data" /
                         "cifar10_jpeg.tar.gz"), "CIFAR-10 JPEG archive.")
@@ -79,6 +82,7 @@ def scaled_config(method, dataset, inlier_class, source_dir):
                   f"seed={FLAGS.seed}")
   c.unlock()
   c.model.width = FLAGS.width
+  c.model.dtype = FLAGS.dtype
   c.model.stem_width = max(4, int(64 * FLAGS.width))
   c.model.head_width = max(16, int(512 * FLAGS.width))
   if c.model.head_out_dim == 512:  # Rotation head: out = width.

@@ -468,3 +468,45 @@ def test_config_validation_and_conversion():
   with pytest.raises(ValueError, match='one key per image'):
     augment.augment_batch(_keys(2), np.zeros((3, 8, 8, 3), np.uint8),
                           augment.ViewAugmentConfig())
+
+
+_COMPILED_VS_EAGER = r"""
+import jax, numpy as np
+from oneclass_jax.data import augment
+keys = jax.random.split(jax.random.key(7), 24)
+images = np.random.default_rng(7).integers(0, 256, (24, 32, 32, 3), np.uint8)
+for authors in (False, True):
+  cfg = augment.ViewAugmentConfig(crop_min_scale=0.5, flip=True,
+                                  jitter_strength=(0.4, 0.4, 0.4, 0.4),
+                                  gray_prob=0.2, blur_prob=0.5,
+                                  authors_code=authors)
+  orders = augment.fixed_jitter_orders(0, 1) if authors else None
+  run = lambda k, x: augment.augment_batch(k, x, cfg, 0, orders)
+  compiled = np.asarray(jax.jit(run)(keys, images))
+  with jax.disable_jit():
+    eager = np.concatenate([np.asarray(run(keys[i:i + 1], images[i:i + 1]))
+                            for i in range(len(images))])
+  print(authors, float(np.abs(compiled - eager).max()))
+"""
+
+
+def test_compiled_augmentation_equals_eager_with_production_flags():
+  """The jitted view pipeline, compiled as training compiles it (all XLA
+  optimizations, the package's XLA:CPU flags), against op-by-op execution.
+
+  XLA:CPU miscompiled a select between an image and its flip followed by an
+  HSV conversion (jaxlib 0.10.2): whole images changed. The conftest's
+  JAX_DISABLE_MOST_OPTIMIZATIONS would hide that, hence the subprocess.
+  """
+  import os
+  import subprocess
+  import sys
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("JAX_DISABLE_MOST_OPTIMIZATIONS", "XLA_FLAGS")}
+  out = subprocess.run([sys.executable, "-c", _COMPILED_VS_EAGER], env=env,
+                       capture_output=True, text=True, timeout=600,
+                       check=True).stdout.split()
+  diffs = dict(zip(out[::2], map(float, out[1::2])))
+  assert set(diffs) == {"False", "True"}, out
+  for authors, diff in diffs.items():
+    assert diff < 1e-5, (authors, diff)

@@ -77,8 +77,16 @@ def rot90(image, k):
 
 
 def random_flip(key, image):
-  """Horizontal flip with p = 0.5 (tf.image.random_flip_left_right)."""
-  return pix.random_flip_left_right(key, image, probability=0.5)
+  """Horizontal flip with p = 0.5 (tf.image.random_flip_left_right).
+
+  Written as a column gather rather than dm-pix's select between the image
+  and its reverse: XLA:CPU (jaxlib 0.10.2, YNNPACK fusions off) miscompiled
+  that select when an HSV conversion (saturation, hue jitter) followed,
+  changing whole images against eager execution (test_augment).
+  """
+  flip = jax.random.bernoulli(key, 0.5)  # dm-pix's draw: same decisions.
+  cols = jnp.arange(image.shape[-2])
+  return image[..., jnp.where(flip, cols[::-1], cols), :]
 
 
 class CropParams(NamedTuple):
@@ -274,7 +282,12 @@ def apply_jitter(image, params, order=None, clip=True):
       image = ops[i](image)
     return image
   for step in range(4):
-    image = jax.lax.switch(params.order[step], ops, image)
+    # Every op, then the one this step's order names. Under vmap a switch
+    # computes all branches too (a select), but XLA:CPU (jaxlib 0.10.2,
+    # YNNPACK fusions off) miscompiles two such selects in a row after the
+    # crop: whole images differed from eager execution. Indexing the stack
+    # compiles correctly everywhere we checked (test_augment).
+    image = jnp.stack([op(image) for op in ops])[params.order[step]]
   return image
 
 
