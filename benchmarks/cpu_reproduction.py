@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import pathlib
 import re
 import sys
@@ -66,6 +67,26 @@ flags.DEFINE_string("cifar10_archive",
                         "cifar10_jpeg.tar.gz"), "CIFAR-10 JPEG archive.")
 flags.DEFINE_string("results_md", str(ROOT / "benchmarks" / "RESULTS.md"),
                     "RESULTS.md to update ('' = print only).")
+flags.DEFINE_bool("report_only", False, "Only tabulate the runs found under "
+                  "--root (train nothing).")
+# The paper's orderings checked class by class: (claim, (method, detector) of
+# the side that should win, of the side that should lose).
+ORDERINGS = (
+    ("DA > vanilla contrastive (KDE)", ("contrastive_da", "kde"),
+     ("contrastive", "kde")),
+    ("DA > vanilla contrastive (OC-SVM)", ("contrastive_da", "ocsvm"),
+     ("contrastive", "ocsvm")),
+    ("KDE on f >= rotation classifier (RotNet)", ("rotnet", "kde"),
+     ("rotnet", "rot_sum")),
+    ("OC-SVM on f >= rotation classifier (RotNet)", ("rotnet", "ocsvm"),
+     ("rotnet", "rot_sum")),
+    ("MLP head > identity head (rotation, KDE)", ("rotation", "kde"),
+     ("rotnet", "kde")),
+    ("MLP head > identity head (rotation, OC-SVM)", ("rotation", "ocsvm"),
+     ("rotnet", "ocsvm")),
+    ("learned f > untrained net (contrastive DA, KDE)",
+     ("contrastive_da", "kde"), ("untrained", "kde")),
+)
 
 
 def load_config(method, arg):
@@ -130,16 +151,17 @@ def run_all(root: pathlib.Path) -> dict:
 
 
 def collect(root: pathlib.Path):
-  """{dataset: {(method, detector): [AUC per class]}} and wall times."""
+  """{dataset: {(method, detector): {class: AUC}}} and wall times."""
   table, walls = {}, []
   for path in sorted(root.glob("*/*/*/seed*/results.json")):
     r = json.loads(path.read_text())
     cell = table.setdefault(r["dataset"], {})
+    cls = int(r["inlier_class"])
     for det, auc in r["auc"].items():
-      cell.setdefault((r["method"], det), []).append(100 * auc)
+      cell.setdefault((r["method"], det), {})[cls] = 100 * auc
     for base, aucs in r.get("baselines", {}).items():
       for det, auc in aucs.items():
-        cell.setdefault((base, det), []).append(100 * auc)
+        cell.setdefault((base, det), {})[cls] = 100 * auc
     wall = path.parent / "wall_seconds.txt"
     if wall.exists():
       walls.append(float(wall.read_text()))
@@ -158,7 +180,10 @@ def markdown(table, walls) -> str:
       "done (count in brackets).", "",
       "Command: `python benchmarks/cpu_reproduction.py "
       f"--datasets={','.join(FLAGS.datasets)} --steps={FLAGS.steps} "
-      f"--width={FLAGS.width}`; machine: 2-core CPU (shared); date: "
+      f"--width={FLAGS.width}` with "
+      f"`XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}` (XLA:CPU's YNNPACK "
+      "fusions off when that flag is empty: faster, see docs/deviations.md); "
+      "machine: 2-core CPU (shared); date: "
       f"{time.strftime('%Y-%m-%d')}; median wall time per run "
       f"{np.median(walls) if walls else float('nan'):.0f} s "
       "(training + evaluation).", ""]
@@ -168,9 +193,20 @@ def markdown(table, walls) -> str:
               "paper |", "|---|---|---|---|"]
     for (method, det), values in sorted(cells.items()):
       paper = PAPER.get(dataset, {}).get((method, det))
-      lines.append(f"| {method} | {det} | {np.mean(values):.1f} "
-                   f"({len(values)}) | "
+      lines.append(f"| {method} | {det} | {np.mean(list(values.values())):.1f}"
+                   f" ({len(values)}) | "
                    f"{'' if paper is None else f'{paper:.1f}'} |")
+    lines += ["", f"Paper orderings on {label}, class by class (only classes "
+              "both sides have):", "",
+              "| claim | mean difference (AUC points) | classes where it "
+              "holds |", "|---|---|---|"]
+    for claim, win, lose in ORDERINGS:
+      common = sorted(set(cells.get(win, {})) & set(cells.get(lose, {})))
+      if not common:
+        continue
+      diffs = [cells[win][c] - cells[lose][c] for c in common]
+      lines.append(f"| {claim} | {np.mean(diffs):+.1f} | "
+                   f"{sum(d > 0 for d in diffs)} of {len(common)} |")
     lines.append("")
   return "\n".join(lines)
 
@@ -189,7 +225,8 @@ def main(argv):
   del argv
   root = pathlib.Path(FLAGS.root)
   root.mkdir(parents=True, exist_ok=True)
-  run_all(root)
+  if not FLAGS.report_only:
+    run_all(root)
   text = markdown(*collect(root))
   print(text)
   if FLAGS.results_md:

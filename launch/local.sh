@@ -76,10 +76,13 @@ done
 
 common_env=()
 if [[ -n $cpu_devices ]]; then
-  # Appended last, so it wins over the same flag in $XLA_FLAGS. (XLA:CPU's
-  # YNNPACK fusions are turned off by oneclass_jax itself: __init__.py.)
+  # The YNNPACK fusions of XLA:CPU (jaxlib 0.10) gave NaN gradients in the
+  # contrastive step when a process of a multi-process run holds several CPU
+  # devices; they are turned off here (docs/deviations.md, "XLA:CPU").
+  # Appended last, so these win over the same flags in $XLA_FLAGS.
   xla_flags="${XLA_FLAGS:+$XLA_FLAGS }"
   xla_flags+="--xla_force_host_platform_device_count=$cpu_devices"
+  xla_flags+=" --xla_cpu_experimental_ynn_fusion_type="
   common_env+=(JAX_PLATFORMS=cpu "XLA_FLAGS=$xla_flags")
 fi
 main=("$python" -m oneclass_jax.main "$@")

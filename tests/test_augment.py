@@ -490,19 +490,24 @@ for authors in (False, True):
 """
 
 
-def test_compiled_augmentation_equals_eager_with_production_flags():
+@pytest.mark.parametrize("xla_flags", [
+    "", "--xla_cpu_experimental_ynn_fusion_type="])
+def test_compiled_augmentation_equals_eager_as_training_compiles(xla_flags):
   """The jitted view pipeline, compiled as training compiles it (all XLA
-  optimizations, the package's XLA:CPU flags), against op-by-op execution.
+  optimizations; JAX's XLA:CPU defaults, and YNNPACK fusions off as
+  launch/local.sh and the CPU benchmarks run), against op-by-op execution.
 
-  XLA:CPU miscompiled a select between an image and its flip followed by an
-  HSV conversion (jaxlib 0.10.2): whole images changed. The conftest's
-  JAX_DISABLE_MOST_OPTIMIZATIONS would hide that, hence the subprocess.
+  With the fusions off XLA:CPU (jaxlib 0.10.2) miscompiled a select between
+  an image and its flip followed by an HSV conversion: whole images changed.
+  The conftest's JAX_DISABLE_MOST_OPTIMIZATIONS would hide that, hence the
+  subprocess.
   """
   import os
   import subprocess
   import sys
   env = {k: v for k, v in os.environ.items()
          if k not in ("JAX_DISABLE_MOST_OPTIMIZATIONS", "XLA_FLAGS")}
+  env["XLA_FLAGS"] = xla_flags
   out = subprocess.run([sys.executable, "-c", _COMPILED_VS_EAGER], env=env,
                        capture_output=True, text=True, timeout=600,
                        check=True).stdout.split()
