@@ -13,6 +13,8 @@ setuptools.setup(
         "flax>=0.12",
         "optax>=0.2.5",
         "orbax-checkpoint>=0.11",
+        # Workdir files (local or gs://) through epath; fsspec is its backend.
+        "etils[epath]",
         "chex>=0.1.90",
         "dm-pix>=0.4.3",
         "grain>=0.2.12",
@@ -34,6 +36,6 @@ setuptools.setup(
         # builders use it (e.g. celeb_a); training never imports it.
         "tf": ["tensorflow-cpu"],
         # gs:// workdirs: epath's object-store backend and tensorboardX's.
-        "gcs": ["gcsfs", "google-cloud-storage"],
+        "gcs": ["etils[epath-gcs]", "google-cloud-storage"],
     },
 )
