@@ -12,7 +12,6 @@ on the JPEG copy and say so.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -89,18 +88,11 @@ ORDERINGS = (
 )
 
 
-def load_config(method, arg):
-  spec = importlib.util.spec_from_file_location(
-      method, ROOT / "configs" / f"{method}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
 def scaled_config(method, dataset, inlier_class, source_dir):
   """The paper's config of `method`, shrunk to the CPU scale of the flags."""
-  c = load_config(method, f"dataset={dataset},inlier_class={inlier_class},"
-                  f"seed={FLAGS.seed}")
+  from oneclass_jax.analysis import sweeps  # pylint: disable=g-import-not-at-top
+  c = sweeps.load_config(method, f"dataset={dataset},"
+                         f"inlier_class={inlier_class},seed={FLAGS.seed}")
   c.unlock()
   c.model.width = FLAGS.width
   c.model.dtype = FLAGS.dtype

@@ -38,7 +38,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime
-import importlib.util
 import json
 import os
 import pathlib
@@ -55,29 +54,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from oneclass_jax import multi
+from oneclass_jax.analysis import sweeps
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-def load_config(method: str, arg: str):
-  """configs/<method>.py's get_config(arg), unlocked."""
-  path = ROOT / "configs" / f"{method}.py"
-  if not path.exists():
-    raise FileNotFoundError(f"No config {path}; --methods takes names of "
-                            "configs/*.py.")
-  spec = importlib.util.spec_from_file_location(f"config_{method}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
-  config.unlock()
-  return config
-
 
 def make_config(method, *, num_models, dtype, width=1.0, batch=0,
                 dataset="cifar10", source_dir="", data_dir="",
                 num_devices=1, model_shards=1, batching="auto",
                 tiny=False):
   """The config of K = num_models models (inlier classes 0..K-1)."""
-  c = load_config(method, f"dataset={dataset}")
+  c = sweeps.load_config(method, f"dataset={dataset}")
+  c.unlock()
   c.model.width, c.model.stem_width = width, max(1, round(64 * width))
   c.model.dtype = dtype
   if tiny:

@@ -2,7 +2,10 @@
 import colorsys
 import functools
 import itertools
+import os
 import random
+import subprocess
+import sys
 
 import chex
 import dm_pix as pix
@@ -502,9 +505,6 @@ def test_compiled_augmentation_equals_eager_as_training_compiles(xla_flags):
   The conftest's JAX_DISABLE_MOST_OPTIMIZATIONS would hide that, hence the
   subprocess.
   """
-  import os
-  import subprocess
-  import sys
   env = {k: v for k, v in os.environ.items()
          if k not in ("JAX_DISABLE_MOST_OPTIMIZATIONS", "XLA_FLAGS")}
   env["XLA_FLAGS"] = xla_flags
