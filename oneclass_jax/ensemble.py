@@ -35,7 +35,6 @@ import dataclasses
 import io
 import json
 import math
-import os
 import pathlib
 from typing import Sequence
 
@@ -44,6 +43,7 @@ from absl import flags
 import numpy as np
 
 from oneclass_jax import config_lib
+from oneclass_jax import files
 from oneclass_jax import metrics
 from oneclass_jax.analysis import captions
 from oneclass_jax.detectors import ensemble as ensemble_lib
@@ -269,9 +269,7 @@ def main(argv):
   out = pathlib.Path(f.out)
   out.mkdir(parents=True, exist_ok=True)
   for name, text in (("table6.md", md), ("table6.csv", to_csv(tables))):
-    tmp = out / f".{name}.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, out / name)
+    files.write_atomic(out / name, text)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ import numpy as np  # noqa: E402
 
 from oneclass_jax import config_lib  # noqa: E402
 from oneclass_jax import evaluate  # noqa: E402
+from oneclass_jax import files  # noqa: E402
 from oneclass_jax import parallel  # noqa: E402
 from oneclass_jax.analysis import captions  # noqa: E402
 from oneclass_jax.analysis import gradients  # noqa: E402
@@ -428,9 +429,7 @@ def explain(workdirs: Sequence[str], images_spec: str, *,
     path = out_dir / f"explain_{method}.png"
     render(images_u8, row_labels, columns, title, path)
     logging.info("Wrote %s", path)
-  tmp = out_dir / ".explain.json.tmp"
-  tmp.write_text(json.dumps(results, indent=2))
-  os.replace(tmp, out_dir / "explain.json")
+  files.write_atomic(out_dir / "explain.json", json.dumps(results, indent=2))
   return results
 
 

@@ -13,7 +13,7 @@ are flagged. Unreadable or wrongly sized files are named and skipped.
 from __future__ import annotations
 
 import csv
-import os
+import io
 import pathlib
 import pickle
 
@@ -112,13 +112,12 @@ def score_folder(workdir, folder, *, detector="kde", fpr=0.05):
 
 
 def write_csv(path, rows, threshold):
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["image", "score", "verdict", "threshold"])
-    for name, score, verdict in rows:
-      writer.writerow([name, f"{score:.8g}", verdict, f"{threshold:.8g}"])
-  os.replace(tmp, path)
+  buffer = io.StringIO(newline="")
+  writer = csv.writer(buffer)
+  writer.writerow(["image", "score", "verdict", "threshold"])
+  for name, score, verdict in rows:
+    writer.writerow([name, f"{score:.8g}", verdict, f"{threshold:.8g}"])
+  files.write_atomic(path, buffer.getvalue())
 
 
 def main(argv):

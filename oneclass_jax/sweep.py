@@ -26,6 +26,7 @@ Each figure states the scale of the runs it was drawn from.
 from __future__ import annotations
 
 import csv
+import io
 import functools
 import os
 import pathlib
@@ -34,6 +35,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from oneclass_jax import files
 from oneclass_jax import parallel
 from oneclass_jax.analysis import sweeps
 
@@ -90,12 +92,11 @@ def _write_summary(root: str, out: pathlib.Path, study: str) -> pathlib.Path:
                    key=lambda k: (k.startswith(("auc", "mmd", "clean")), k))
   path = out / f"summary_{study}.csv"
   out.mkdir(parents=True, exist_ok=True)
-  tmp = out / f".{path.name}.tmp"
-  with open(tmp, "w", newline="") as fh:
-    writer = csv.DictWriter(fh, columns)
-    writer.writeheader()
-    writer.writerows(rows)
-  os.replace(tmp, path)
+  buffer = io.StringIO(newline="")
+  writer = csv.DictWriter(buffer, columns)
+  writer.writeheader()
+  writer.writerows(rows)
+  files.write_atomic(path, buffer.getvalue())
   return path
 
 
