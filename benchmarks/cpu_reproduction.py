@@ -139,6 +139,9 @@ def run_all(root: pathlib.Path) -> dict:
         train.train_and_evaluate(config, str(workdir))
         timings[str(workdir)] = time.perf_counter() - t0
         (workdir / "wall_seconds.txt").write_text(f"{timings[str(workdir)]}")
+        # The XLA:CPU setting of the run, for the report (which may run in
+        # another process with other flags).
+        (workdir / "xla_flags.txt").write_text(os.environ.get("XLA_FLAGS", ""))
         logging.info("%s %s %s done in %.0f s", dataset, method, cls,
                      timings[str(workdir)])
   return timings
@@ -146,9 +149,11 @@ def run_all(root: pathlib.Path) -> dict:
 
 def collect(root: pathlib.Path):
   """{dataset: {(method, detector): {class: AUC}}} and wall times."""
-  table, walls = {}, []
+  table, walls, xla_flags = {}, [], set()
   for path in sorted(root.glob("*/*/*/seed*/results.json")):
     r = json.loads(path.read_text())
+    if r["dataset"] not in FLAGS.datasets:
+      continue
     cell = table.setdefault(r["dataset"], {})
     cls = int(r["inlier_class"])
     for det, auc in r["auc"].items():
@@ -159,10 +164,13 @@ def collect(root: pathlib.Path):
     wall = path.parent / "wall_seconds.txt"
     if wall.exists():
       walls.append(float(wall.read_text()))
-  return table, walls
+    flags_file = path.parent / "xla_flags.txt"
+    xla_flags.add(flags_file.read_text() if flags_file.exists()
+                  else "(not recorded)")
+  return table, walls, xla_flags
 
 
-def markdown(table, walls) -> str:
+def markdown(table, walls, xla_flags) -> str:
   lines = [
       "## CPU-scale reproduction (Table 2 cells)", "",
       f"Scale: ResNet-18 width {FLAGS.width} (stem "
@@ -176,13 +184,16 @@ def markdown(table, walls) -> str:
       "contrastive, contrastive_da = Contrastive (DA), denoising = DAE; "
       "raw_pixels and untrained (the same ResNet at initialisation) are the "
       "baselines, computed in the contrastive_da runs; rot_sum = the rotation "
-      "classifier's score (sum over the four rotations), rot_p0 = its "
-      "probability of the unrotated class.", "",
+      "classifier's score (summed log-likelihood of the right rotation over "
+      "the four rotations), rot_p0 = its probability that the unrotated "
+      "image is unrotated.", "",
       "Command: `python benchmarks/cpu_reproduction.py "
       f"--datasets={','.join(FLAGS.datasets)} --steps={FLAGS.steps} "
       f"--width={FLAGS.width}` with "
-      f"`XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}` (XLA:CPU's YNNPACK "
-      "fusions off when that flag is empty: faster, see docs/deviations.md); "
+      + " or ".join(f"`XLA_FLAGS={f}`" for f in sorted(xla_flags))
+      + " (as recorded by the runs; XLA:CPU's YNNPACK "
+      "fusions are off when --xla_cpu_experimental_ynn_fusion_type is empty: "
+      "faster, see docs/deviations.md); "
       "machine: 2-core CPU (shared); date: "
       f"{time.strftime('%Y-%m-%d')}; median wall time per run "
       f"{np.median(walls) if walls else float('nan'):.0f} s, "
