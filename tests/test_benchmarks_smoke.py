@@ -1,5 +1,7 @@
-"""The training benchmarks run end to end in their --smoke modes (no timing
-is checked), and their FLOP counting agrees with hand-counted shapes."""
+"""The benchmarks run end to end in their --smoke modes (no timing is
+checked), their FLOP counting agrees with hand-counted shapes, and the
+reproduction report tabulates recorded runs correctly."""
+import json
 import os
 import pathlib
 import subprocess
@@ -80,3 +82,65 @@ def test_gemm_flops_of_a_convolution_and_a_dense_layer():
                                     w_conv, w_group, w_dense, x)
   total = sum(train_throughput.gemm_flops(g) for g in backward)
   np.testing.assert_allclose(total, 3 * (conv + group + dense), rtol=0.05)
+
+
+def test_cpu_reproduction_report_from_recorded_runs(tmp_path):
+  """--report_only tabulates results.json files: means, the orderings class
+  by class on the classes both sides have, the per-class table, and replaces
+  only its own section of RESULTS.md."""
+  rng = np.random.default_rng()
+  auc = {}  # (method, detector) -> {class: AUC in [0, 1]}
+  runs = {"contrastive": [0, 1, 2], "contrastive_da": [0, 1, 2],
+          "rotnet": [1, 2]}
+  for method, classes in runs.items():
+    for cls in classes:
+      dets = ("kde", "ocsvm") + (("rot_sum",) if method == "rotnet" else ())
+      result = {"dataset": "fashion_mnist", "method": method,
+                "inlier_class": cls,
+                "auc": {d: float(rng.uniform(0.5, 1)) for d in dets}}
+      if method == "contrastive_da":
+        result["baselines"] = {"untrained": {"kde": float(rng.uniform())}}
+        auc.setdefault(("untrained", "kde"), {})[cls] = (
+            result["baselines"]["untrained"]["kde"])
+      for d, v in result["auc"].items():
+        auc.setdefault((method, d), {})[cls] = v
+      workdir = tmp_path / "runs" / "fashion_mnist" / method / str(cls) / "seed0"
+      workdir.mkdir(parents=True)
+      (workdir / "results.json").write_text(json.dumps(result))
+      (workdir / "wall_seconds.txt").write_text("60")
+      (workdir / "xla_flags.txt").write_text("--some_flag=1")
+  results_md = tmp_path / "RESULTS.md"
+  results_md.write_text("# Benchmark results\n\n## CPU-scale reproduction\n"
+                        "stale text\n\n## Other section\nkept\n")
+  _run([sys.executable, "benchmarks/cpu_reproduction.py", "--report_only",
+        f"--root={tmp_path / 'runs'}", "--datasets=fashion_mnist",
+        f"--results_md={results_md}"], tmp_path)
+  text = results_md.read_text()
+  assert "stale text" not in text and "## Other section\nkept" in text
+  assert "`XLA_FLAGS=--some_flag=1`" in text
+  assert "median wall time per run 60 s, 0.1 h for the 8 timed runs" in text
+
+  def mean_row(method, det, paper=""):
+    values = list(auc[(method, det)].values())
+    return (f"| {method} | {det} | {100 * np.mean(values):.1f} "
+            f"({len(values)}) | {paper} |")
+
+  assert mean_row("contrastive_da", "kde", "94.5") in text
+  assert mean_row("rotnet", "rot_sum", "87.4") in text
+  assert mean_row("untrained", "kde", "89.4") in text
+
+  def ordering(claim, win, lose):
+    common = sorted(set(auc[win]) & set(auc[lose]))
+    diffs = [100 * (auc[win][c] - auc[lose][c]) for c in common]
+    return (f"| {claim} | {np.mean(diffs):+.1f} | "
+            f"{sum(d > 0 for d in diffs)} of {len(common)} |")
+
+  assert ordering("DA > vanilla contrastive (KDE)", ("contrastive_da", "kde"),
+                  ("contrastive", "kde")) in text
+  assert ordering("KDE on f >= rotation classifier (RotNet)",
+                  ("rotnet", "kde"), ("rotnet", "rot_sum")) in text
+  assert "MLP head > identity head" not in text  # No `rotation` runs.
+  per_class = ("| rotnet | kde |  | "
+               + " | ".join(f"{100 * auc[('rotnet', 'kde')][c]:.1f}"
+                            for c in (1, 2)) + " |")
+  assert per_class in text
