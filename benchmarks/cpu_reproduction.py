@@ -199,7 +199,8 @@ def markdown(table, walls, xla_flags) -> str:
       f"{np.median(walls) if walls else float('nan'):.0f} s, "
       f"{sum(walls) / 3600:.1f} h for the {len(walls)} timed runs "
       "(training + evaluation).", ""]
-  for dataset, cells in table.items():
+  for dataset in (d for d in FLAGS.datasets if d in table):
+    cells = table[dataset]
     label = LABELS.get(dataset, dataset)
     lines += [f"**{label}**", "", "| representation | detector | ours | "
               "paper |", "|---|---|---|---|"]
