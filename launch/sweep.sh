@@ -111,11 +111,21 @@ while IFS= read -r line || [[ -n $line ]]; do
 done <"$jobs_file"
 [[ ${#workdirs[@]} -gt 0 ]] || die "$jobs_file lists no jobs"
 
-mapfile -t open_dirs < <(cd "$here/.." &&
-  "$python" -m oneclass_jax.distributed unfinished "${workdirs[@]}")
+# A command substitution (not `mapfile < <(...)`) so that a failing check
+# stops the sweep instead of reading as "every job finished"; membership by an
+# associative array, not `printf | grep -q`, which under pipefail reads a
+# SIGPIPE'd printf (grep quits at the first match) as "not found" and so
+# skipped unfinished jobs at random.
+open_list=$(cd "$here/.." &&
+  "$python" -m oneclass_jax.distributed unfinished "${workdirs[@]}") ||
+  die "could not check which jobs are finished (error above)"
+declare -A is_open=()
+while IFS= read -r dir; do
+  if [[ -n $dir ]]; then is_open[$dir]=1; fi
+done <<<"$open_list"
 todo=()
 for i in "${!workdirs[@]}"; do
-  if printf '%s\n' "${open_dirs[@]}" | grep -qxF -- "${workdirs[$i]}"; then
+  if [[ -n ${is_open[${workdirs[$i]}]+x} ]]; then
     todo+=("$i")
   else
     echo "skip (finished): ${workdirs[$i]}"

@@ -189,6 +189,35 @@ def test_sweep_dry_run_runs_only_unfinished_jobs(tmp_path):
   assert [c[5] for c in cmds if c[4] == "delete"] == ["sw-0", "sw-1"]
 
 
+def test_sweep_finds_every_unfinished_job_in_a_long_list(tmp_path):
+  """More unfinished workdirs than a pipe holds (> 64 KiB of paths): the old
+  `printf | grep -q` check under pipefail called the first jobs finished."""
+  root = tmp_path / ("runs_" + "r" * 150)
+  lines = [f"cifar10 {c} rotation {s}" for s in range(40) for c in range(10)]
+  jobs = write_jobs(tmp_path / "jobs.txt", lines)
+  done = root / "cifar10" / "rotation" / "9" / "39"
+  done.mkdir(parents=True)
+  (done / "results.json").write_text(json.dumps({"auc": {"kde": 0.9}}))
+  assert len(lines) * len(str(done)) > 64 * 1024
+  result = script("sweep.sh", "--backend=tpu", f"--jobs={jobs}",
+                  f"--root={root}", "--jobs_per_vm=400", "--name_prefix=sw",
+                  f"--zone={ZONE}", "--accelerator=v4-8",
+                  f"--python={sys.executable}", "--dry_run")
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.count("skip (finished)") == 1
+  assert f"skip (finished): {done}\n" in result.stdout
+  assert "399 of 400 jobs to run." in result.stdout
+
+
+def test_sweep_stops_when_the_results_check_fails(tmp_path):
+  jobs = write_jobs(tmp_path / "jobs.txt", ["cifar10 0 rotation 0"])
+  result = script("sweep.sh", f"--jobs={jobs}", f"--root={tmp_path}",
+                  "--python=false", "--dry_run")
+  assert result.returncode != 0
+  assert "could not check which jobs are finished" in result.stderr
+  assert "jobs to run" not in result.stdout
+
+
 def test_shellcheck_is_clean():
   if shutil.which("shellcheck") is None:
     pytest.fail("shellcheck is not installed: apt-get install -y shellcheck")
