@@ -69,20 +69,16 @@ flags.DEFINE_string("results_md", str(ROOT / "benchmarks" / "RESULTS.md"),
 flags.DEFINE_bool("report_only", False, "Only tabulate the runs found under "
                   "--root (train nothing).")
 # The paper's orderings checked class by class: (claim, (method, detector) of
-# the side that should win, of the side that should lose).
+# the side that should win, of the side that should lose), each with KDE and
+# with OC-SVM on f.
+_DETECTORS = (("KDE", "kde"), ("OC-SVM", "ocsvm"))
 ORDERINGS = (
-    ("DA > vanilla contrastive (KDE)", ("contrastive_da", "kde"),
-     ("contrastive", "kde")),
-    ("DA > vanilla contrastive (OC-SVM)", ("contrastive_da", "ocsvm"),
-     ("contrastive", "ocsvm")),
-    ("KDE on f >= rotation classifier (RotNet)", ("rotnet", "kde"),
-     ("rotnet", "rot_sum")),
-    ("OC-SVM on f >= rotation classifier (RotNet)", ("rotnet", "ocsvm"),
-     ("rotnet", "rot_sum")),
-    ("MLP head > identity head (rotation, KDE)", ("rotation", "kde"),
-     ("rotnet", "kde")),
-    ("MLP head > identity head (rotation, OC-SVM)", ("rotation", "ocsvm"),
-     ("rotnet", "ocsvm")),
+    *((f"DA > vanilla contrastive ({name})", ("contrastive_da", det),
+       ("contrastive", det)) for name, det in _DETECTORS),
+    *((f"{name} on f >= rotation classifier (RotNet)", ("rotnet", det),
+       ("rotnet", "rot_sum")) for name, det in _DETECTORS),
+    *((f"MLP head > identity head (rotation, {name})", ("rotation", det),
+       ("rotnet", det)) for name, det in _DETECTORS),
     ("learned f > untrained net (contrastive DA, KDE)",
      ("contrastive_da", "kde"), ("untrained", "kde")),
 )
@@ -122,9 +118,8 @@ def cifar10_folder(root: pathlib.Path) -> pathlib.Path:
   return target
 
 
-def run_all(root: pathlib.Path) -> dict:
+def run_all(root: pathlib.Path) -> None:
   from oneclass_jax import train  # pylint: disable=g-import-not-at-top
-  timings = {}
   for dataset in FLAGS.datasets:
     source = cifar10_folder(root) if dataset == "cifar10" else None
     # Class-major: an interrupted sweep leaves every method on the same
@@ -137,14 +132,12 @@ def run_all(root: pathlib.Path) -> dict:
         config = scaled_config(method, dataset, int(cls), source)
         t0 = time.perf_counter()
         train.train_and_evaluate(config, str(workdir))
-        timings[str(workdir)] = time.perf_counter() - t0
-        (workdir / "wall_seconds.txt").write_text(f"{timings[str(workdir)]}")
+        wall = time.perf_counter() - t0
+        (workdir / "wall_seconds.txt").write_text(f"{wall}")
         # The XLA:CPU setting of the run, for the report (which may run in
         # another process with other flags).
         (workdir / "xla_flags.txt").write_text(os.environ.get("XLA_FLAGS", ""))
-        logging.info("%s %s %s done in %.0f s", dataset, method, cls,
-                     timings[str(workdir)])
-  return timings
+        logging.info("%s %s %s done in %.0f s", dataset, method, cls, wall)
 
 
 def collect(root: pathlib.Path):

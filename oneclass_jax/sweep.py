@@ -26,8 +26,8 @@ Each figure states the scale of the runs it was drawn from.
 from __future__ import annotations
 
 import csv
-import io
 import functools
+import io
 import os
 import pathlib
 
