@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import re
 import sys
 import tarfile
 import time
@@ -24,6 +23,8 @@ from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
+
+from results_md import write_section  # benchmarks/ is the script's path.
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 METHODS = ("rotnet", "rotation", "contrastive", "contrastive_da", "denoising")
@@ -237,16 +238,6 @@ def per_class(label, cells) -> list[str]:
     lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(
         f"{values[c]:.1f}" if c in values else "" for c in classes) + " |")
   return lines
-
-
-def write_section(path: pathlib.Path, text: str) -> None:
-  old = path.read_text() if path.exists() else "# Benchmark results\n"
-  pattern = re.compile(r"## CPU-scale reproduction.*?(?=\n## |\Z)", re.S)
-  new = (pattern.sub(text.strip() + "\n", old) if pattern.search(old)
-         else old.rstrip() + "\n\n" + text.strip() + "\n")
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(new)
-  tmp.replace(path)
 
 
 def main(argv):

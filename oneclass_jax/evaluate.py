@@ -31,12 +31,13 @@ from oneclass_jax import detectors
 from oneclass_jax import files
 from oneclass_jax import metrics
 from oneclass_jax import parallel
+from oneclass_jax import provenance
 from oneclass_jax.data import augment
 from oneclass_jax.data import pipeline
 from oneclass_jax.detectors import rotation_score
 
 EMBEDDING_KEYS = {"f": "pools", "g": "embeds"}
-ROTATION = "rotation"  # Not a fitted detector: the rotation classifier itself.
+ROTATION = detectors.ROTATION
 
 
 def make_embed_fn(model, mesh, *, rotations: bool):
@@ -103,17 +104,25 @@ def extract(model, variables, source, mesh, *, batch_size: int,
   return result
 
 
-def cached_embeddings(workdir, step, compute, *, need_rotations):
-  """(fit, test) embeddings of checkpoint `step`, from `embeddings/` if there.
+def cached_embeddings(workdir, ident: dict, compute, *, need_rotations):
+  """(fit, test) embeddings of a checkpoint, from `embeddings/` if there.
 
   The cache holds f and g∘f (and the rotation logits when they were asked
-  for), keyed by step, so re-scoring with other detectors or the other
-  embedding does not run the network again.
+  for) with the identity (`provenance.identity`) of the weights, config and
+  data that made them, so re-scoring with other detectors or the other
+  embedding does not run the network again, and a cache made by anything
+  else (a retrained workdir, an edited image folder) is rebuilt.
   """
-  path = files.path(workdir) / "embeddings" / f"step_{step}.npz"
+  path = files.path(workdir) / "embeddings" / f"step_{ident['step']}.npz"
   if path.exists():
     arrays = files.load_npz(path)
-    if not need_rotations or "test/rot_logits" in arrays:
+    saved = (json.loads(str(arrays.pop("identity")))
+             if "identity" in arrays else None)
+    stale = provenance.differences(saved, ident)
+    if stale:
+      logging.info("Embedding cache %s is stale (%s differ); recomputing.",
+                   path, ", ".join(stale))
+    elif not need_rotations or "test/rot_logits" in arrays:
       split = lambda p: {k.split("/", 1)[1]: v for k, v in arrays.items()
                          if k.startswith(p + "/")}
       return split("fit"), split("test")
@@ -122,16 +131,9 @@ def cached_embeddings(workdir, step, compute, *, need_rotations):
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {**{f"fit/{k}": v for k, v in fit_emb.items()},
               **{f"test/{k}": v for k, v in test_emb.items()}}
-    files.write_atomic(path, files.npz_bytes(**arrays))
+    files.write_atomic(path, files.npz_bytes(
+        identity=np.asarray(json.dumps(ident, sort_keys=True)), **arrays))
   return fit_emb, test_emb
-
-
-def _split_names(names) -> list[str]:
-  """Detector names from a list, a tuple or 'kde,ocsvm' (command lines)."""
-  if isinstance(names, str):
-    names = [names]
-  return [n.strip() for item in names for n in str(item).split(",")
-          if n.strip()]
 
 
 def labels_of(source) -> np.ndarray:
@@ -165,7 +167,7 @@ def heldout_scores(names, fit_features, seed, holdout=0.1) -> dict:
 
 
 def save_detectors(workdir, fitted: dict, heldout: dict, embedding: str,
-                   step: int) -> None:
+                   ident: dict) -> None:
   """Pickles the fitted detectors and held-out scores for `score`.
 
   The set is written to a fresh folder that then replaces the old one, so
@@ -174,7 +176,9 @@ def save_detectors(workdir, fitted: dict, heldout: dict, embedding: str,
   """
   contents = {f"{name}.pkl": pickle.dumps(det) for name, det in fitted.items()}
   contents["heldout_scores.npz"] = files.npz_bytes(**heldout)
-  contents["meta.json"] = json.dumps({"embedding": embedding, "step": step,
+  contents["meta.json"] = json.dumps({"embedding": embedding,
+                                      "step": ident["step"],
+                                      "identity": ident,
                                       "detectors": sorted(fitted)})
   files.write_dir_atomic(files.path(workdir) / "detectors", contents)
 
@@ -186,24 +190,22 @@ def _aucs(labels, scores: dict) -> dict:
 def evaluate_state(config, workdir, model, state, data, mesh, *,
                    detector_names=None, embedding=None) -> dict:
   """Scores the test set with every detector; writes results.json."""
-  detector_names = _split_names(detector_names or config.eval.detectors)
   embedding = embedding or config.eval.embedding
-  if embedding not in EMBEDDING_KEYS:
-    raise ValueError(f"Unknown embedding {embedding!r}; use 'f' or 'g'.")
+  detector_names = detectors.check_eval_settings(
+      detector_names or config.eval.detectors, embedding, config.method)
   fitted = [n for n in detector_names if n != ROTATION]
-  for name in fitted:
-    detectors.get(name)  # Unknown names fail before any work is done.
   rotations = ROTATION in detector_names
   if rotations and "logits" not in _output_keys(model, data):
     raise ValueError("The 'rotation' score needs a rotation model "
                      "(configs/rotation.py or configs/rotnet.py).")
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-  step = int(jax.device_get(state["step"]))
+  ident = provenance.identity(config, state, data.meta)
+  step = ident["step"]
   extract_fn = functools.partial(extract, model, variables, mesh=mesh,
                                  batch_size=config.eval.batch_size)
   fit_emb, test_emb = cached_embeddings(
-      workdir, step, lambda: (extract_fn(data.fit),
-                              extract_fn(data.test, rotations=rotations)),
+      workdir, ident, lambda: (extract_fn(data.fit),
+                               extract_fn(data.test, rotations=rotations)),
       need_rotations=rotations)
   key = EMBEDDING_KEYS[embedding]
   for split, emb in (("fit", fit_emb), ("test", test_emb)):
@@ -220,6 +222,7 @@ def evaluate_state(config, workdir, model, state, data, mesh, *,
   results = {
       "dataset": config.data.name,
       "inlier_class": config.data.inlier_class,
+      "inlier_name": str(data.meta.get("inlier_name", "")),
       "num_classes": int(data.meta.get("num_classes", 0)),
       "method": config.get("method_label") or config.method,
       "seed": int(config.seed),
@@ -229,17 +232,20 @@ def evaluate_state(config, workdir, model, state, data, mesh, *,
       "counts": {"fit": int(len(data.fit)), "test": int(len(data.test)),
                  "test_outliers": int(test_labels.sum())},
       "config": config_lib.to_dict(config),
+      "identity": ident,
   }
   if config.eval.baselines:
     results["baselines"] = _baselines(config, model, data, mesh, fitted,
                                       test_labels)
   if jax.process_index() == 0:
-    files.write_json(files.path(workdir) / "results.json", results)
+    # results.json last: a run that has it has its scores and detectors too
+    # (sweeps treat results.json as "finished").
     files.write_atomic(files.path(workdir) / "scores.npz",
                        files.npz_bytes(labels=test_labels, **scores))
     save_detectors(workdir, fitted_dets,
                    heldout_scores(fitted, fit_emb[key], config.seed),
-                   embedding, step)
+                   embedding, ident)
+    files.write_json(files.path(workdir) / "results.json", results)
   _log_table(results)
   return results
 
@@ -304,14 +310,22 @@ def restore_run(workdir: str, mesh):
 
 
 def evaluate_workdir(workdir: str, detector_names=None, embedding=None):
+  """Re-evaluates a workdir's newest intact checkpoint (workdir locked)."""
+  config = load_config(workdir)
+  if config.data.name == "mvtec" and (detector_names or embedding):
+    raise ValueError(
+        "--detectors and --embedding do not apply to MVTec-style workdirs: "
+        "their patch detectors are set by the config's mvtec.* fields. Drop "
+        "those flags.")
   mesh = parallel.make_mesh()
-  config, run, state = restore_run(workdir, mesh)
-  if config.data.name == "mvtec":  # Dense patch scoring and localization.
-    from oneclass_jax.mvtec import evaluate as mvtec_evaluate  # pylint: disable=g-import-not-at-top
-    return mvtec_evaluate.evaluate_state(config, workdir, run.model, state,
-                                         run.data, mesh)
-  return evaluate_state(config, workdir, run.model, state, run.data, mesh,
-                        detector_names=detector_names, embedding=embedding)
+  with files.workdir_lock(workdir):
+    config, run, state = restore_run(workdir, mesh)
+    if config.data.name == "mvtec":  # Dense patch scoring and localization.
+      from oneclass_jax.mvtec import evaluate as mvtec_evaluate  # pylint: disable=g-import-not-at-top
+      return mvtec_evaluate.evaluate_state(config, workdir, run.model, state,
+                                           run.data, mesh)
+    return evaluate_state(config, workdir, run.model, state, run.data, mesh,
+                          detector_names=detector_names, embedding=embedding)
 
 
 def main(argv):

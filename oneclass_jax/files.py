@@ -11,10 +11,15 @@ never leaves a half-written results file:
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
 import os
-from typing import Any
+import socket
+import sys
+import time
+from typing import Any, Iterator
 
 from etils import epath
 import numpy as np
@@ -104,3 +109,53 @@ def write_dir_atomic(root, contents: dict[str, bytes | str]) -> None:
   tmp.rename(root)
   if old.exists():
     old.rmtree()
+
+
+LOCK_FILE = ".lock"
+
+
+class WorkdirBusy(RuntimeError):
+  """Another live process holds the workdir."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir) -> Iterator[None]:
+  """Holds `workdir/.lock` exclusively while the block runs.
+
+  An advisory `flock`: the kernel drops it when the holder exits in any way
+  (SIGKILL included), so a killed run never leaves a stale lock, and the
+  file's content (pid, host, start time, command) only names the holder in
+  the error. Object stores (gs://) have no locks: there the block runs
+  unlocked (one job per workdir is the user's to ensure). Network file
+  systems without flock support fail the lock with OSError.
+
+  Raises:
+    WorkdirBusy: another process holds the lock; the message names it.
+  """
+  root = path(workdir)
+  if is_remote(root):
+    yield
+    return
+  lock_path = os.path.join(os.fspath(root), LOCK_FILE)
+  try:
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:
+    raise PermissionError(f"Workdir {os.fspath(root)!r} is not writable "
+                          f"({e}); pass a --workdir you can write to.") from e
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+      raise WorkdirBusy(
+          f"Workdir {workdir} is in use by another process "
+          f"({holder or 'unknown holder'}). Wait for it to finish, stop it, "
+          "or pass another --workdir.") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (f"pid {os.getpid()} on host {socket.gethostname()} since "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                   f"{' '.join(sys.argv)[:500]}\n").encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # Closing the descriptor releases the lock.

@@ -51,8 +51,9 @@ def main(argv):
   # Multi-process runs (launch/*.sh: TPU VMs, several GPU hosts, N local
   # processes) set ONECLASS_JAX_DISTRIBUTED=1; a single process needs nothing.
   distributed.initialize()
-  logging.info("JAX process %d/%d, local devices: %s", jax.process_index(),
-               jax.process_count(), jax.local_devices())
+  logging.info("JAX process %d/%d, backend %s, %d local devices: %s",
+               jax.process_index(), jax.process_count(), jax.default_backend(),
+               jax.local_device_count(), jax.local_devices())
   try:
     run(FLAGS.config, FLAGS.workdir)
   except Exception as e:  # pylint: disable=broad-except

@@ -20,9 +20,14 @@ class MetricWriter:
   metrics.jsonl is appended to on local disks; object stores (gs://) cannot
   append, so there the file is rewritten whole (one upload) at each write,
   starting from what an earlier, resumed run left.
+
+  A run resumed from checkpoint step `resume_step` first drops the lines of
+  later steps (written after that checkpoint by the run that stopped), so
+  metrics.jsonl holds each step once, from the run whose state continued.
   """
 
-  def __init__(self, workdir: str, enabled: bool | None = None):
+  def __init__(self, workdir: str, enabled: bool | None = None,
+               resume_step: int | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._tb = None
     self._jsonl = None
@@ -31,11 +36,16 @@ class MetricWriter:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(os.path.join(workdir, "tb"))
       path = files.path(workdir) / "metrics.jsonl"
+      lines = (path.read_text().splitlines(keepends=True)
+               if path.exists() else [])
+      kept = lines if resume_step is None else [
+          line for line in lines if _line_step(line) <= resume_step]
       if files.is_remote(path):
         self._remote_path = path
-        self._remote_lines = (path.read_text().splitlines(keepends=True)
-                              if path.exists() else [])
+        self._remote_lines = kept
       else:
+        if len(kept) != len(lines):
+          files.write_atomic(path, "".join(kept))
         self._jsonl = open(path, "a")
 
   def write_scalars(self, step: int, scalars: dict) -> None:
@@ -57,3 +67,11 @@ class MetricWriter:
       self._tb.close()
       if self._jsonl is not None:
         self._jsonl.close()
+
+
+def _line_step(line: str) -> float:
+  """The step of a metrics.jsonl line; a torn last line counts as after all."""
+  try:
+    return json.loads(line)["step"]
+  except (ValueError, KeyError, TypeError):
+    return float("inf")

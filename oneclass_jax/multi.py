@@ -298,6 +298,22 @@ def unstack(host_states, index: int, mesh):
                             mesh)
 
 
+def _restore(mngr, workdir, step, abstract, data_iter):
+  """One model's checkpoint `step`; a clear error naming it if it is broken.
+
+  K models resume from one common step, so there is no per-model fallback
+  to an older checkpoint here (the single-model loop has one).
+  """
+  try:
+    return checkpoint.restore(mngr, step, abstract, data_iter)
+  except Exception as e:  # pylint: disable=broad-except
+    raise checkpoint.NoIntactCheckpoint(
+        f"Checkpoint {workdir}/checkpoints/{step} cannot be restored "
+        f"({type(e).__name__}: {str(e).strip()[:300]}). Move it out of "
+        "checkpoints/ to resume all models from their previous common "
+        "step.") from e
+
+
 def _common_start(mngrs, names):
   """The latest checkpoint step every model has (None: fresh start)."""
   steps = [set(m.all_steps()) for m in mngrs]
@@ -319,12 +335,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     {model name: its results dict}, or None after a partial run
     (`max_steps_this_run`).
   """
+  workdir = train.check_workdir_name(workdir)
+  with train.primary_lock(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir):
   named = expand(config)
+  for _, cfg in named:  # Before anything is written.
+    train.validate(cfg)
   root = epath.Path(workdir)
   train._prepare_workdir(workdir, config)
   models = build(named, config.get("num_devices") or None,
                  config.get("num_model_shards", 1),
                  config.get("model_batching", "auto"))
+  for cfg, run in zip(models.configs, models.runs):
+    train.check_test_set(cfg, run.data)
   workdirs = [str(root / name) for name in models.names]
   for wd, cfg in zip(workdirs, models.configs):
     train._prepare_workdir(wd, cfg)
@@ -354,8 +380,8 @@ def _train(models: Models, workdirs, config):
   else:
     abstract = checkpoint.abstract(jax.eval_shape(models.runs[0].init_fn,
                                                   jax.random.key(0)))
-    states = [checkpoint.restore(m, start, abstract, it)
-              for m, it in zip(mngrs, iters)]
+    states = [_restore(m, wd, start, abstract, it)
+              for m, wd, it in zip(mngrs, workdirs, iters)]
     states = models.shard(jax.tree.map(
         lambda *xs: np.stack([np.asarray(x) for x in xs]), *states))
     logging.info("Resumed %d models from step %d.", k, start)
@@ -368,7 +394,8 @@ def _train(models: Models, workdirs, config):
                "mesh %s, models %s.", k, config.method, ", ".join(names),
                config.data.name, total, batch, dict(models.mesh.shape),
                resolve_batching(config.get("model_batching", "auto")))
-  writers = [metric_writers.MetricWriter(wd) for wd in workdirs]
+  writers = [metric_writers.MetricWriter(wd, resume_step=start)
+             for wd in workdirs]
   schedule = models.runs[0].schedule
   history, t_window, n_window = [], time.perf_counter(), 0
   guard = distributed.PreemptionGuard()
@@ -387,7 +414,7 @@ def _train(models: Models, workdirs, config):
       for i, name in enumerate(names):
         try:
           train._check_finite([(s, {key: v[i] for key, v in m.items()})
-                               for s, m in history])
+                               for s, m in history], mngrs[i].latest_step())
         except train._NonFiniteLoss as e:
           raise train._NonFiniteLoss(f"Model {name}: {e}") from None
       if is_log:

@@ -25,6 +25,7 @@ from absl import logging
 from oneclass_jax import evaluate
 from oneclass_jax import files
 from oneclass_jax import parallel
+from oneclass_jax import provenance
 from oneclass_jax.data import sources
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -92,6 +93,14 @@ def score_folder(workdir, folder, *, detector="kde", fpr=0.05):
   det, meta, heldout = load_detector(workdir, detector)
   mesh = parallel.make_mesh()
   config, run, state = evaluate.restore_run(workdir, mesh)
+  stale = provenance.differences(
+      meta.get("identity"), provenance.identity(config, state, run.data.meta))
+  if stale:
+    raise ValueError(
+        f"The detectors in {workdir}/detectors were not fitted on this "
+        f"workdir's latest checkpoint, config and data ({', '.join(stale)} "
+        f"differ): run `python -m oneclass_jax.evaluate --workdir={workdir}` "
+        "first.")
   image_shape = tuple(run.data.test[0]["image"].shape)
   images, names, problems = read_images(folder, config.data.name,
                                         image_shape)
@@ -120,9 +129,18 @@ def write_csv(path, rows, threshold):
   files.write_atomic(path, buffer.getvalue())
 
 
+def check_out(path) -> None:
+  """Fails before any scoring when the CSV cannot be written where asked."""
+  parent = files.path(path).parent
+  if not files.is_remote(parent) and not parent.is_dir():
+    raise FileNotFoundError(f"--out={path}: folder {parent} does not exist; "
+                            "create it or pass another --out.")
+
+
 def main(argv):
   del argv
   f = flags.FLAGS
+  check_out(f.out)
   rows, threshold, problems = score_folder(f.workdir, f.images,
                                            detector=f.detector, fpr=f.fpr)
   write_csv(f.out, rows, threshold)

@@ -13,6 +13,7 @@ contrastive negatives are gathered from every device.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -30,6 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 from oneclass_jax import checkpoint
 from oneclass_jax import config_lib
+from oneclass_jax import detectors
 from oneclass_jax import distributed
 from oneclass_jax import files
 from oneclass_jax import methods
@@ -183,8 +185,22 @@ def setup(config, mesh) -> Run:
 
 
 def validate(config) -> None:
-  """Fails early, with the fix, on settings that cannot work."""
+  """Fails early, with the fix, on settings that cannot work.
+
+  Everything that can be checked without the data is checked here, before
+  the workdir is touched or anything is compiled.
+  """
   methods.get(config.method)
+  if config.batch_size <= 0:
+    raise ValueError(f"batch_size must be a positive number of images, got "
+                     f"{config.batch_size}.")
+  for name in ("log_every_steps", "checkpoint_every_steps"):
+    if config[name] <= 0:
+      raise ValueError(f"{name} must be >= 1 (steps), got {config[name]}.")
+  if config.keep_checkpoints < 0:
+    raise ValueError(f"keep_checkpoints must be >= 0 (0 = keep all), got "
+                     f"{config.keep_checkpoints}.")
+  _validate_eval(config)
   if config.model.head_depth < 0 or config.model.head_width <= 0:
     raise ValueError(
         f"Head depth must be >= 0 and width > 0 (got depth "
@@ -197,12 +213,34 @@ def validate(config) -> None:
                      "augmentation: set config.data.dist_aug (e.g. 'rot90').")
 
 
+def _validate_eval(config) -> None:
+  if config.data.name == "mvtec":
+    return  # The patch evaluation has its own detectors (mvtec.*).
+  detectors.check_eval_settings(config.eval.detectors, config.eval.embedding,
+                                config.method)
+
+
+def check_workdir_name(workdir) -> str:
+  """Refuses an empty --workdir (an unset shell variable, say)."""
+  if workdir is None or not str(workdir).strip():
+    raise ValueError(
+        f"--workdir is empty ({workdir!r}); pass a directory for the run, "
+        "e.g. --workdir=/tmp/oneclass_run (an unset shell variable gives '').")
+  return str(workdir)
+
+
 def _prepare_workdir(workdir: str, config) -> None:
   # epath: the workdir may be a gs:// URL. Every process checks the config
   # (so all fail alike); only process 0 writes.
   root = epath.Path(workdir)
   path = root / "config.json"
   current = config_lib.to_dict(config)
+  if not path.exists() and _has_checkpoints(root):
+    raise ValueError(
+        f"Workdir {workdir!r} holds checkpoints but no config.json, so "
+        "nothing says which config trained them; refusing to resume under "
+        "this one. Copy the run's config.json beside its checkpoints, or use "
+        "a new --workdir.")
   if path.exists():
     saved = json.loads(path.read_text())
     diff = config_lib.config_diff(saved, current)
@@ -224,28 +262,52 @@ def _prepare_workdir(workdir: str, config) -> None:
   files.write_json(path, current)
 
 
+def _has_checkpoints(root: epath.Path) -> bool:
+  ckpt = root / "checkpoints"
+  return ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
+
+
 class _NonFiniteLoss(FloatingPointError):
   pass
 
 
-def _check_finite(history):
+def _check_finite(history, last_saved):
   """Raises naming the first step whose loss is NaN or inf."""
   for step, metrics in history:
     if not np.isfinite(metrics["loss"]):
+      kept = (f"The last checkpoint, step {last_saved}, is kept and a "
+              "restart resumes from it." if last_saved is not None else
+              "No checkpoint had been saved yet.")
       raise _NonFiniteLoss(
-          f"Loss is {metrics['loss']} at step {step}; stopping. The last "
-          "checkpoint (written before this step) is kept. Try a lower "
-          "learning rate or check the input data.")
+          f"Loss is {metrics['loss']} at step {step}; stopping. {kept} Try a "
+          "lower learning rate or check the input data.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
-  """Trains stage 1, then runs the stage-2 evaluation once. Returns results."""
+  """Trains stage 1, then runs the stage-2 evaluation once. Returns results.
+
+  The workdir is locked for the whole run (`files.workdir_lock`): a second
+  run on it fails at once, naming the first.
+  """
+  workdir = check_workdir_name(workdir)
   validate(config)
-  _prepare_workdir(workdir, config)
   mesh = parallel.make_mesh(config.get("num_devices") or None)
   parallel.check_batch_size(config.batch_size, mesh)
+  with primary_lock(workdir):
+    _prepare_workdir(workdir, config)
+    return _train_and_evaluate(config, workdir, mesh)
 
+
+def primary_lock(workdir):
+  """The workdir lock, taken by process 0 (the other processes are its job)."""
+  if jax.process_index() == 0:
+    return files.workdir_lock(workdir)
+  return contextlib.nullcontext()
+
+
+def _train_and_evaluate(config, workdir, mesh):
   run = setup(config, mesh)
+  check_test_set(config, run.data)
   data, model, tx, schedule = run.data, run.model, run.tx, run.schedule
   steps_per_epoch, total_steps = run.steps_per_epoch, run.total_steps
   method = methods.get(config.method)
@@ -260,16 +322,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                                  seed=config.seed)
   data_iter = iter(loader)
   mngr = checkpoint.manager(workdir, config.keep_checkpoints)
-  start = mngr.latest_step()
+  # The workdir's own newest intact checkpoint (a damaged newer one is moved
+  # to broken_checkpoints/ with a warning).
+  restored, start = checkpoint.restore_latest(
+      mngr, workdir, checkpoint.abstract(state), data_iter, quarantine=True)
   if start is not None:
-    # Always resume from the workdir's own latest checkpoint first.
-    state = checkpoint.restore(mngr, start, checkpoint.abstract(state),
-                               data_iter)
+    state = restored
     logging.info("Resumed from step %d in %s.", start, workdir)
   start = int(start or 0)
 
   train_step = shard_step(make_step_fn(model, method, tx, config), mesh)
-  writer = metric_writers.MetricWriter(workdir)
+  writer = metric_writers.MetricWriter(workdir, resume_step=start)
   last_step = run_until(config, start, total_steps)
   logging.info("Training %s on %s class %s: %d steps (%d per epoch), global "
                "batch %d on %d devices.", config.method, config.data.name,
@@ -277,7 +340,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                config.batch_size, mesh.devices.size)
 
   history, t_window, n_window = [], time.perf_counter(), 0
-  t_start = t_window
+  t_start, warned_eta = t_window, False
   guard = distributed.PreemptionGuard()
   with guard, jax.set_mesh(mesh):
     for step in range(start, last_step):
@@ -294,7 +357,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       if not (is_log or is_ckpt):
         continue
       history = [(s, jax.device_get(m)) for s, m in history]
-      _check_finite(history)
+      _check_finite(history, mngr.latest_step())
       if is_log:
         elapsed = time.perf_counter() - t_window
         scalars = {k: float(np.mean([m[k] for _, m in history]))
@@ -304,6 +367,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         scalars["examples_per_sec"] = n_window * config.batch_size / elapsed
         writer.write_scalars(done, scalars)
         eta = (total_steps - done) / max(scalars["steps_per_sec"], 1e-9)
+        if not warned_eta and eta > _LONG_RUN_SECONDS and done > start + 1:
+          warned_eta = True  # Once, from a window past the compilation.
+          logging.warning(
+              "This run's ETA is %s (%d steps left at %.2f steps/s on %s). "
+              "Paper-scale configs are meant for an accelerator; on a CPU, "
+              "shorten the run (--config.total_steps=...) or see "
+              "configs/cifar10_cpu.py.", _format_eta(eta),
+              total_steps - done, scalars["steps_per_sec"],
+              jax.devices()[0].platform.upper())
         logging.info(
             "step %d/%d  loss %.4f  lr %.5f  %.1f img/s  ETA %s", done,
             total_steps, scalars["loss"], scalars["learning_rate"],
@@ -331,6 +403,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   return evaluate.evaluate_state(config, workdir, model, state, data, mesh)
 
 
+def check_test_set(config, data) -> None:
+  """Before training: the test set must allow an AUC (inliers and outliers)."""
+  counts = data.meta.get("counts", {})
+  if "test_inliers" not in counts:
+    return  # MVTec patches: checked by mvtec.data.
+  inliers, total = counts["test_inliers"], counts["test"]
+  if inliers == 0 or inliers == total:
+    missing = "inlier" if inliers == 0 else "outlier"
+    raise ValueError(
+        f"The test split of {config.data.name} has no {missing} images for "
+        f"inlier class {config.data.inlier_class} "
+        f"({data.meta.get('inlier_name', '')}): {inliers} of {total} test "
+        "images are inliers, so no AUC can be computed. Add a test/<class>/ "
+        "folder with images of that class and of others.")
+
+
 def run_until(config, start: int, total_steps: int) -> int:
   """The step this run stops at: the end, or start + max_steps_this_run."""
   if config.get("max_steps_this_run", -1) > 0:
@@ -347,6 +435,9 @@ def cadence(config, done: int, last_step: int, stop: bool):
   end = done == last_step or stop
   return (done % config.log_every_steps == 0 or end,
           done % config.checkpoint_every_steps == 0 or end)
+
+
+_LONG_RUN_SECONDS = 24 * 3600  # Warn when a run would take over a day.
 
 
 def _format_eta(seconds: float) -> str:

@@ -10,10 +10,13 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import train_throughput  # noqa: E402  pylint: disable=wrong-import-position
+
+pytestmark = pytest.mark.slow  # Subprocesses / whole runs (README runs all).
 
 
 def _run(args, tmp_path, timeout=600):
@@ -144,3 +147,29 @@ def test_cpu_reproduction_report_from_recorded_runs(tmp_path):
                + " | ".join(f"{100 * auc[('rotnet', 'kde')][c]:.1f}"
                             for c in (1, 2)) + " |")
   assert per_class in text
+
+
+def test_cpu_recipe_report_against_numpy(tmp_path):
+  """The recipe table: per-class rows, means over classes, summed attempts."""
+  rng = np.random.default_rng(1)
+  kde = {}
+  for cls in (1, 8):
+    wd = tmp_path / "runs" / "cifar10" / str(cls) / "seed0"
+    wd.mkdir(parents=True)
+    auc = {d: float(rng.uniform()) for d in ("kde", "ocsvm", "gde", "rot_sum")}
+    kde[cls] = auc["kde"]
+    (wd / "results.json").write_text(json.dumps({
+        "auc": auc, "inlier_class": cls, "inlier_name": f"c{cls}", "seed": 0,
+        "baselines": {"raw_pixels": {"kde": 0.5}, "untrained": {"kde": 0.6}}}))
+    (wd / "attempts.jsonl").write_text("".join(json.dumps(
+        {"start": "2026-12-02T00:00:00Z", "load_before": "1", "load_after":
+         "2", "wall_seconds": 600}) + "\n" for _ in range(2)))
+  results_md = tmp_path / "RESULTS.md"
+  results_md.write_text("# R\n\n## CPU recipe: old\nstale\n\n## Next\nkept\n")
+  _run([sys.executable, "benchmarks/cpu_recipe.py", "--report_only",
+        f"--root={tmp_path / 'runs'}", f"--results_md={results_md}"], tmp_path)
+  text = results_md.read_text()
+  assert "stale" not in text and "## Next\nkept" in text
+  assert f"| 1 c1 | {100 * kde[1]:.1f} |" in text
+  assert f"| mean of 2 | **{100 * np.mean(list(kde.values())):.1f}** |" in text
+  assert "| 50.0 | 60.0 | 20 | 0 |" in text  # Two 10-minute attempts.

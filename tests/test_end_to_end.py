@@ -14,6 +14,8 @@ import tarfile
 
 import pytest
 
+pytestmark = pytest.mark.slow  # Subprocesses / whole runs (README runs all).
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--config.model.backbone=resnet10", "--config.model.width=0.0625",
         "--config.model.stem_width=4", "--config.model.head_width=16",

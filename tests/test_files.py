@@ -111,17 +111,19 @@ def test_gs_workdir_config_embeddings_detectors_results_metrics(
 
   fit = {"pools": rng.normal(size=(20, 4)).astype(np.float32)}
   test = {"pools": rng.normal(size=(7, 4)).astype(np.float32)}
-  computed = evaluate.cached_embeddings(bucket, 5, lambda: (fit, test),
+  ident = {"step": 5, "weights": "w", "config": "c", "data": "d"}
+  computed = evaluate.cached_embeddings(bucket, ident, lambda: (fit, test),
                                         need_rotations=False)
   again = evaluate.cached_embeddings(
-      bucket, 5, lambda: pytest.fail("recomputed"), need_rotations=False)
+      bucket, ident, lambda: pytest.fail("recomputed"), need_rotations=False)
   np.testing.assert_array_equal(again[1]["pools"], computed[1]["pools"])
 
   det = kde.KDE().fit(fit["pools"])
   heldout = {"kde": rng.normal(size=5)}
-  evaluate.save_detectors(bucket, {"kde": det}, heldout, "f", 5)
+  evaluate.save_detectors(bucket, {"kde": det}, heldout, "f", ident)
   loaded, meta, held = score.load_detector(bucket, "kde")
-  assert meta == {"embedding": "f", "step": 5, "detectors": ["kde"]}
+  assert meta == {"embedding": "f", "step": 5, "identity": ident,
+                  "detectors": ["kde"]}
   np.testing.assert_array_equal(held, heldout["kde"])
   np.testing.assert_allclose(loaded.score(test["pools"]),
                              det.score(test["pools"]))

@@ -12,6 +12,8 @@ import pytest
 
 import test_multiprocess as mp
 
+pytestmark = pytest.mark.slow  # Subprocesses / whole runs (README runs all).
+
 LAUNCH = mp.REPO / "launch"
 SCRIPTS = ("local.sh", "tpu.sh", "sweep.sh")
 ZONE = "us-central2-b"

@@ -51,6 +51,17 @@ def test_contrastive_matches_reference(symmetric):
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
+def test_contrastive_gradient_is_finite_for_a_zero_embedding(symmetric):
+  # A dead ReLU head gives all-zero rows; the norm's gradient there is 0/0.
+  z = np.random.default_rng(1).normal(size=(2 * 6, 5)).astype(np.float32)
+  z[2] = 0.0
+  cfg = _config(symmetric)
+  grad = jax.grad(lambda e: contrastive.loss({"embeds": e}, None, cfg,
+                                             None)[0])(jnp.asarray(z))
+  assert np.all(np.isfinite(np.asarray(grad)))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
 def test_contrastive_sharded_uses_global_negatives(symmetric):
   """On 8 devices each anchor sees every other image's view as a negative."""
   rng = np.random.default_rng(1)

@@ -28,6 +28,8 @@ from PIL import Image
 from oneclass_jax import distributed
 from oneclass_jax.data import sources
 
+pytestmark = pytest.mark.slow  # Subprocesses / whole runs (README runs all).
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LOCAL_SH = REPO / "launch" / "local.sh"
 STEPS = 8

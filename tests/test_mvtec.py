@@ -8,16 +8,22 @@ from PIL import Image
 import pytest
 
 from oneclass_jax.data import mvtec
+import conftest
 
 TRAIN_GOOD = 6
 TEST_GOOD = 3
 DEFECTS = {"crack": 2, "fray": 2}
 
 
-@pytest.fixture(scope="module")
-def tile_root(shared_data_dir, tmp_path_factory):
-  """A slice of magnetic_tile: a few train/test images and their masks."""
+@pytest.fixture(scope="module", params=["synthetic", "magnetic_tile"])
+def tile_root(request, tmp_path_factory):
+  """A few train/test images and their masks: synthetic, then real ones."""
   root = tmp_path_factory.mktemp("mvtec")
+  wanted = {"train/good": TRAIN_GOOD, "test/good": TEST_GOOD,
+            **{f"test/{d}": n for d, n in DEFECTS.items()}}
+  if request.param == "synthetic":
+    return conftest.make_mvtec_category(root, "magnetic_tile", wanted)
+  shared_data_dir = request.getfixturevalue("shared_data_dir")
   with tarfile.open(shared_data_dir /
                     "magnetic_tile_mvtec_layout.tar.gz") as tar:
     members = [m for m in tar.getmembers() if m.isfile()]

@@ -17,18 +17,24 @@ import pytest
 from sklearn import metrics as sk_metrics
 
 from oneclass_jax import report
+import conftest
 from oneclass_jax import train
 from oneclass_jax.mvtec import data as mvtec_data
+
+pytestmark = pytest.mark.slow  # Subprocesses / whole runs (README runs all).
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CATEGORY = "magnetic_tile"
 WANTED = {"train/good": 8, "test/good": 3, "test/crack": 2, "test/fray": 2}
 
 
-@pytest.fixture(scope="module")
-def tile_root(shared_data_dir, tmp_path_factory):
-  """A few train/test images of magnetic_tile and the defects' masks."""
+@pytest.fixture(scope="module", params=["synthetic", "magnetic_tile"])
+def tile_root(request, tmp_path_factory):
+  """A few train/test images and the defects' masks: synthetic, then real."""
   root = tmp_path_factory.mktemp("mvtec_e2e")
+  if request.param == "synthetic":
+    return conftest.make_mvtec_category(root, CATEGORY, WANTED)
+  shared_data_dir = request.getfixturevalue("shared_data_dir")
   archive = shared_data_dir / "magnetic_tile_mvtec_layout.tar.gz"
   with tarfile.open(archive) as tar:
     members = [m for m in tar.getmembers() if m.isfile()]

@@ -19,6 +19,8 @@ import test_multiprocess as mp
 from oneclass_jax import checkpoint
 from oneclass_jax import distributed
 
+pytestmark = pytest.mark.slow  # Subprocesses / whole runs (README runs all).
+
 DEVICES = 2
 
 

@@ -40,10 +40,21 @@ def fmnist_splits(fmnist_dir, fmnist_data_dir):
           for split in ("train", "test")}
 
 
-@pytest.fixture(scope="session")
-def cifar_slice(shared_data_dir, tmp_path_factory):
-  """3 classes x 20 images per split of the CIFAR-10 JPEG copy."""
+@pytest.fixture(scope="session", params=["synthetic", "cifar10_jpeg"])
+def cifar_slice(request, tmp_path_factory):
+  """3 classes x 20 images per split: synthetic JPEGs, then the real copy."""
   root = tmp_path_factory.mktemp("cifar_slice")
+  if request.param == "synthetic":
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+      for name in CIFAR_SLICE_CLASSES:
+        folder = root / split / name
+        folder.mkdir(parents=True)
+        for i in range(CIFAR_SLICE_PER_SPLIT):
+          image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+          Image.fromarray(image).save(folder / f"{i:04d}.jpg", quality=75)
+    return root
+  shared_data_dir = request.getfixturevalue("shared_data_dir")
   pattern = re.compile(r"(train|test)/(\w+)/(\d+)\.jpg$")
   with tarfile.open(shared_data_dir / "cifar10_jpeg.tar.gz") as tar:
     for member in tar:
@@ -387,11 +398,12 @@ def test_corrupt_image_is_named_and_nothing_is_left_complete(tmp_path):
 def test_wrong_image_shape_is_named(tmp_path):
   root = make_folder(tmp_path / "src", {("train", "a"): [(8, 8, 3)] * 2,
                                         ("train", "b"): [(9, 8, 3)]})
-  with pytest.raises(ValueError, match=r"b/000.png has shape \(9, 8, 3\)"):
+  with pytest.raises(ValueError, match=r"b/000.png is \(9, 8, 3\)"):
     sources.load("image_folder", "train", data_dir=tmp_path / "d",
                  source_dir=root)
   root = make_folder(tmp_path / "c10", {("train", "cat"): [(30, 32, 3)]})
-  with pytest.raises(ValueError, match=r"needs \(32, 32, 3\)"):
+  with pytest.raises(ValueError, match=r"cat/000.png is \(30, 32, 3\), "
+                     r"but cifar10 expects \(32, 32, 3\)"):
     sources.load("cifar10", "train", data_dir=tmp_path / "d",
                  source_dir=root)
 

@@ -22,6 +22,8 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image
 
+from oneclass_jax.data import image_io
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 Images = Union[np.ndarray, list[np.ndarray]]
@@ -63,11 +65,7 @@ def _image_files(directory: pathlib.Path) -> list[pathlib.Path]:
 
 
 def _open(path: pathlib.Path, mode: str) -> Image.Image:
-  try:
-    with Image.open(path) as im:
-      return im.convert(mode)
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise ValueError(f"cannot read image {path}: {e}") from e
+  return image_io.open_image(path, mode)
 
 
 class MVTecCategory:

@@ -261,6 +261,11 @@ def make(cfg) -> OneClassData:
   test = OneClassSource(test_split.source, np.arange(len(test_split.labels)),
                         (test_split.labels != inlier).astype(np.int64))
   meta = {
+      # What the cached embeddings and fitted detectors were computed from.
+      "fingerprint": sources.array_digest(np.frombuffer(
+          "|".join([train_split.fingerprint, test_split.fingerprint,
+                    sources.array_digest(inliers[fit_rows]),
+                    sources.array_digest(test.labels)]).encode(), np.uint8)),
       "dataset": name,
       "inlier_class": inlier,
       "inlier_name": train_split.class_names[inlier],

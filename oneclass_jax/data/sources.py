@@ -48,11 +48,13 @@ the labels keep their original ids even when only some classes are present.
 import abc
 import concurrent.futures
 import dataclasses
+import fcntl
 import gzip
 import hashlib
 import operator
 import os
 import pathlib
+import shutil
 import tempfile
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -61,10 +63,12 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from oneclass_jax.data import image_io
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Part of every local config name: bump it when the conversion changes so old
 # prepared copies are not reused.
-_CONVERSION_REVISION = 1
+_CONVERSION_REVISION = 2  # 2: 16-bit images rescaled, not clipped.
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
 _DECODE_CHUNK = 1024
 
@@ -298,17 +302,22 @@ class Split:
     num_classes: number of classes of the dataset.
     image_shape: (H, W, 3) of every image.
     class_names: name of each class id.
+    fingerprint: identity of the records (the prepared dataset, its split and
+      the rows taken), for caches derived from them: an edited image folder
+      or another tfds version gives another fingerprint.
   """
   source: SplitSource
   labels: np.ndarray
   num_classes: int
   image_shape: tuple[int, int, int]
   class_names: tuple[str, ...]
+  fingerprint: str = ""
 
   def subset(self, rows: np.ndarray) -> "Split":
     rows = np.asarray(rows, np.int64)
-    return dataclasses.replace(self, source=self.source.subset(rows),
-                               labels=self.labels[rows])
+    return dataclasses.replace(
+        self, source=self.source.subset(rows), labels=self.labels[rows],
+        fingerprint=f"{self.fingerprint}[rows {array_digest(rows)}]")
 
 
 def _default_data_dir(data_dir) -> pathlib.Path:
@@ -413,15 +422,23 @@ def _folder_layout(root: pathlib.Path) -> dict[str, dict[str, list]]:
   Raises:
     FileNotFoundError: if no split/label folder holds an image.
   """
-  layout = {}
+  layout, empty = {}, []
   for split in _subdirs(root):
     labels = {}
     for label in _subdirs(os.path.join(root, split)):
       files = _image_files(os.path.join(root, split, label))
       if files:
         labels[label] = files
+      else:
+        empty.append(os.path.join(root, split, label))
     if labels:
       layout[split] = labels
+  if layout and empty:
+    # Dropping it silently would shift the ids of the classes after it.
+    raise ValueError(
+        f"label folder(s) without images ({', '.join(IMAGE_EXTENSIONS)}): "
+        f"{', '.join(empty)}; add images or remove the folder (class ids "
+        "follow the sorted folder names).")
   if not layout:
     raise FileNotFoundError(
         f"no images found in {root}: expected the layout "
@@ -433,18 +450,22 @@ def _fingerprint(parts: Sequence[Any]) -> str:
   return hashlib.sha256(repr(tuple(parts)).encode()).hexdigest()[:16]
 
 
+def array_digest(array: np.ndarray) -> str:
+  """Short digest of an array's dtype, shape and bytes."""
+  array = np.ascontiguousarray(array)
+  h = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+  h.update(array.tobytes())
+  return h.hexdigest()[:16]
+
+
 def _file_facts(path: pathlib.Path) -> tuple[str, int, int]:
   st = path.stat()
   return (path.name, st.st_size, st.st_mtime_ns)
 
 
 def decode_image(path: pathlib.Path) -> np.ndarray:
-  """Decodes an image file to uint8 HxWx3, naming the file on failure."""
-  try:
-    with Image.open(path) as im:
-      return np.asarray(im.convert("RGB"))
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise ValueError(f"cannot read image {path}: {e}") from e
+  """Decodes an image file to uint8 HxWx3 (16-bit rescaled: data/images.py)."""
+  return image_io.decode(path, "RGB")
 
 
 @dataclasses.dataclass
@@ -455,6 +476,7 @@ class LocalConfig(tfds.core.BuilderConfig):
   splits: tuple[str, ...] = ()
   class_names: tuple[str, ...] = ()
   image_shape: tuple[int, int, int] = (0, 0, 3)
+  shape_source: str = ""  # The image that set image_shape (image_folder).
 
   def __repr__(self) -> str:  # tfds logs it on every load: keep it short.
     return f"LocalConfig({self.name} from {self.source_dir})"
@@ -542,9 +564,14 @@ class _FolderBuilder(_LocalBuilder, skip_registration=True):
       for path, _ in chunk:
         image = spec.preprocess(decode_image(path))
         if image.shape != tuple(config.image_shape):
-          raise ValueError(f"image {path} has shape {image.shape} after "
-                           f"preprocessing; {config.dataset} needs "
-                           f"{tuple(config.image_shape)}.")
+          # image_folder takes its shape from the first image, which may be
+          # the odd one: name both, blame neither.
+          raise ValueError(
+              f"images differ in shape after preprocessing: {path} is "
+              f"{image.shape}, but {config.dataset} expects "
+              f"{tuple(config.image_shape)} (the shape of "
+              f"{config.shape_source or 'the dataset'}). Give every image "
+              "the same size.")
         images.append(image)
       return images
 
@@ -578,15 +605,20 @@ def _prepare(builder: _LocalBuilder) -> None:
   """Converts once; tfds renames `incomplete.*` only after a full write."""
   if builder.is_prepared():
     return
-  logging.info("Converting %s into %s (once).",
-               builder.builder_config.source_dir, builder.data_dir)
-  try:
+  # One converter at a time per dataset folder; under the lock, any
+  # `incomplete.*` folder there is the leftover of a killed conversion.
+  dataset_dir = pathlib.Path(builder.data_dir).parent
+  dataset_dir.mkdir(parents=True, exist_ok=True)
+  with open(dataset_dir / ".convert.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if builder.is_prepared():  # Another process converted it meanwhile.
+      return
+    for leftover in dataset_dir.glob("incomplete.*"):
+      logging.warning("Removing %s, left by a killed conversion.", leftover)
+      shutil.rmtree(leftover, ignore_errors=True)
+    logging.info("Converting %s into %s (once).",
+                 builder.builder_config.source_dir, builder.data_dir)
     builder.download_and_prepare(file_format="array_record")
-  except OSError:
-    # Another process may have finished the same conversion first.
-    if not builder.is_prepared():
-      raise
-    return
   for split, labels in builder.written_labels.items():
     _save_npy_atomic(pathlib.Path(builder.data_dir) / f"labels-{split}.npy",
                      labels)
@@ -617,13 +649,14 @@ def _folder_builder(spec, root, data_dir) -> _LocalBuilder:
   else:
     class_names = spec.names()
     image_shape = spec.image_shape
+    first = ""
   for labels in layout.values():  # Fail on a foreign label before converting.
     for label in labels:
       _label_index(spec, label, class_names, root)
   config = LocalConfig(
       name=f"{spec.name}_{digest}", dataset=spec.name, source_dir=str(root),
       splits=tuple(layout), class_names=class_names,
-      image_shape=tuple(image_shape))
+      image_shape=tuple(image_shape), shape_source=first)
   return _FolderBuilder(config=config, data_dir=str(data_dir))
 
 
@@ -673,7 +706,9 @@ def _load_local(spec, split, root, data_dir) -> Split:
       labels=_cached_labels(cache, data_source, ("label",)),
       num_classes=len(config.class_names),
       image_shape=tuple(config.image_shape),
-      class_names=tuple(config.class_names))
+      class_names=tuple(config.class_names),
+      # The config name holds a digest of every file's name, size and mtime.
+      fingerprint=f"{builder.name}/{config.name}/{split}")
 
 
 # ----------------------------------------------------------------------------
@@ -722,7 +757,9 @@ def _load_catalog(spec, split, data_dir) -> Split:
       labels=_cached_labels(cache, data_source, spec.label_key),
       num_classes=spec.num_classes,
       image_shape=spec.image_shape,
-      class_names=tuple(class_names))
+      class_names=tuple(class_names),
+      fingerprint=(f"tfds/{spec.tfds_name}/{builder.version}/{tfds_split}/"
+                   f"{len(data_source)}@{info_dir}"))
 
 
 # ----------------------------------------------------------------------------

@@ -127,3 +127,38 @@ def get(name: str, **kwargs) -> Detector:
     raise ValueError(f"Unknown detector {name!r}; known detectors: "
                      f"{', '.join(sorted(DETECTORS))}.")
   return DETECTORS[name](**kwargs)
+
+
+# Not a fitted detector: the rotation classifier's own score (Table 1).
+ROTATION = "rotation"
+EMBEDDINGS = ("f", "g")  # Pooled representation (the paper's), head output.
+
+
+def split_names(names) -> list[str]:
+  """Detector names from a list, a tuple or 'kde,ocsvm' (command lines)."""
+  if isinstance(names, str):
+    names = [names]
+  return [n.strip() for item in names for n in str(item).split(",")
+          if n.strip()]
+
+
+def check_eval_settings(names, embedding: str, method: str) -> list[str]:
+  """The detector names, or ValueError for what the evaluation cannot do.
+
+  Called before training, so that a typo in `eval.detectors` does not cost
+  a whole run.
+  """
+  names = split_names(names)
+  if not names:
+    raise ValueError("No detector given: set eval.detectors (e.g. kde,ocsvm).")
+  for name in names:
+    if name != ROTATION:
+      get(name)  # Unknown names raise with the list of known ones.
+  if embedding not in EMBEDDINGS:
+    raise ValueError(f"Unknown embedding {embedding!r}; use 'f' (pooled "
+                     "representation) or 'g' (head output).")
+  if ROTATION in names and method != "rotation":
+    raise ValueError(f"The 'rotation' score needs a rotation model "
+                     f"(configs/rotation.py or configs/rotnet.py), not "
+                     f"method {method!r}.")
+  return names

@@ -24,7 +24,10 @@ def make_inputs(keys, images, config):
 
 
 def _normalize(x):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+  # Through the squared norm, not jnp.linalg.norm: the gradient of a norm at
+  # an all-zero row (a dead ReLU head) is 0/0 = NaN even behind a maximum.
+  squared = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(squared, 1e-24))
 
 
 def _gather(x, axis_name):
