@@ -2,14 +2,17 @@ r"""The CPU recipe (configs/cifar10_cpu.py) on every CIFAR-10 class (issue #15).
 
   python benchmarks/cpu_recipe.py --root=/tmp/cpu_recipe \
       --cifar10_dir=/data/cifar10_jpeg --classes=0-9 --seed=0
-  python benchmarks/cpu_recipe.py --root=/tmp/cpu_recipe --report_only
+  python benchmarks/cpu_recipe.py --report_only
 
 Trains and evaluates one class after another with `train.train_and_evaluate`
 (the code `oneclass_jax.main` runs). Resumable: a class whose results.json
 exists is skipped, a killed class resumes from its last checkpoint. Every
 attempt appends a line to `<workdir>/attempts.jsonl` (UTC start and end, wall
 seconds, load average before and after, host, CPU count, XLA_FLAGS), so a
-class trained in several parts reports the sum of its parts. The table (KDE,
+class trained in several parts reports the sum of its parts. A finished
+class's results.json and attempts.jsonl are copied to --records
+(benchmarks/records/cpu_recipe/, committed), so a sweep longer than one
+machine's life goes on class by class. The table (KDE,
 OC-SVM, GDE and the rotation classifier on f, beside raw pixels and the
 untrained network) replaces section "CPU recipe" of benchmarks/RESULTS.md.
 Numbers are on the CIFAR-10 JPEG copy and say so.
@@ -41,7 +44,13 @@ flags.DEFINE_string("classes", "0-9", "Inlier classes ('0-9', '1,8').")
 flags.DEFINE_integer("seed", 0, "Seed of every run.")
 flags.DEFINE_string("results_md", str(ROOT / "benchmarks" / "RESULTS.md"),
                     "RESULTS.md to update ('' = print only).")
-flags.DEFINE_bool("report_only", False, "Tabulate the runs under --root.")
+flags.DEFINE_bool("report_only", False, "Tabulate the recorded runs.")
+flags.DEFINE_string("records", str(ROOT / "benchmarks" / "records" /
+                                   "cpu_recipe"),
+                    "Where each finished class's results.json and "
+                    "attempts.jsonl are copied (in the repository: a session's "
+                    "machine, and --root with it, does not outlive it). The "
+                    "table is made from these; a recorded class is skipped.")
 
 
 def workdir(root: pathlib.Path, cls: int, seed: int) -> pathlib.Path:
@@ -62,7 +71,8 @@ def run_all(root: pathlib.Path) -> None:
     raise app.UsageError("--cifar10_dir is needed to train.")
   for cls in config_lib.parse_ints(FLAGS.classes):
     wd = workdir(root, cls, FLAGS.seed)
-    if (wd / "results.json").exists():
+    record = workdir(pathlib.Path(FLAGS.records), cls, FLAGS.seed)
+    if (record / "results.json").exists():
       continue
     config = sweeps.load_config("cifar10_cpu", f"inlier_class={cls},"
                                 f"seed={FLAGS.seed}")
@@ -85,6 +95,16 @@ def run_all(root: pathlib.Path) -> None:
           finished=(wd / "results.json").exists())
       with open(wd / "attempts.jsonl", "a") as f:
         f.write(json.dumps(attempt) + "\n")
+    _record(wd, record)
+
+
+def _record(wd: pathlib.Path, record: pathlib.Path) -> None:
+  """Copies a finished run's small files; results.json last (= finished)."""
+  record.mkdir(parents=True, exist_ok=True)
+  for name in ("attempts.jsonl", "results.json"):
+    tmp = record / f".{name}.tmp"
+    tmp.write_bytes((wd / name).read_bytes())
+    os.replace(tmp, record / name)
 
 
 def collect(root: pathlib.Path):
@@ -148,7 +168,7 @@ def main(argv):
   root = pathlib.Path(FLAGS.root)
   if not FLAGS.report_only:
     run_all(root)
-  text = markdown(collect(root))
+  text = markdown(collect(pathlib.Path(FLAGS.records)))
   print(text)
   if FLAGS.results_md:
     write_section(pathlib.Path(FLAGS.results_md), text, title="CPU recipe")

@@ -13,10 +13,12 @@ Usage: launch/tpu.sh COMMAND... --name=NAME --zone=ZONE [options] [-- MAIN_FLAGS
 
 Commands, run in the order given (`all` = create install run fetch delete):
   create   create the TPU VM (a READY one is reused, a preempted one recreated)
-  install  copy this checkout to every worker, pip install it with jax[tpu],
-           gcsfs and google-cloud-storage (for gs:// workdirs), and copy
-           --data to ~/tensorflow_datasets on each worker
-  run      run `python3 -m oneclass_jax.main --workdir=WORKDIR MAIN_FLAGS` on
+  install  copy this checkout to every worker (without .git, runs/, results/,
+           workdirs and wheels), make a Python 3.12 virtualenv there with uv
+           (the runtimes' own python3 is 3.10; setup.py needs >= 3.11),
+           install it with jax[tpu], gcsfs and google-cloud-storage (for
+           gs:// workdirs), and copy --data to ~/tensorflow_datasets
+  run      run `python -m oneclass_jax.main --workdir=WORKDIR MAIN_FLAGS` on
            all workers at once (--worker=all); JAX's multi-process runtime
            joins them, so a pod slice trains as one data-parallel job
   logs     follow the output of the run (needed after --detach) on --worker
@@ -109,6 +111,11 @@ where=("--zone=$zone")
 [[ -z $project ]] || where+=("--project=$project")
 # shellcheck disable=SC2088  # Expanded by the worker's shell, not here.
 log_file='~/oneclass_jax_run.log'
+# The workers' interpreter: a uv-managed CPython in its own virtualenv, so the
+# runtime's system Python (3.10 on tpu-ubuntu2204-base) never matters.
+# shellcheck disable=SC2088
+venv='~/oneclass_venv'
+python_version=3.12
 
 tpu_vm() {
   run gcloud compute tpus tpu-vm "$@"
@@ -135,18 +142,28 @@ do_create() {
 
 do_install() {
   local tarball="${TMPDIR:-/tmp}/oneclass_jax-$name.tgz" remote
+  # Only the code travels: no history, caches, run outputs or wheels.
   run tar -czf "$tarball" --exclude=.git --exclude=__pycache__ \
-    --exclude='*.egg-info' --exclude=.pytest_cache -C "$(repo_root)" . ||
+    --exclude='*.egg-info' --exclude=.pytest_cache --exclude=./runs \
+    --exclude=./results --exclude=./workdirs --exclude='*.whl' \
+    --exclude=./dist --exclude=./build -C "$(repo_root)" . ||
     return
   tpu_vm scp "$tarball" "$name:~/oneclass_jax.tgz" "${where[@]}" \
     --worker=all || return
   remote="rm -rf ~/oneclass_jax && mkdir -p ~/oneclass_jax"
   remote+=" && tar -xzf ~/oneclass_jax.tgz -C ~/oneclass_jax"
-  remote+=" && python3 -m pip install -q -U 'jax[tpu]'"
+  # uv from PyPI (a static binary; installs on the system Python 3.10), then
+  # a managed CPython $python_version for the virtualenv.
+  remote+=" && python3 -m pip install -q --user -U uv"
+  remote+=" && ~/.local/bin/uv venv -q --clear --python $python_version $venv"
+  remote+=" && ~/.local/bin/uv pip install -q --python $venv/bin/python"
+  remote+=" -U 'jax[tpu]'"
   # gcsfs: gs:// paths in etils.epath (Orbax, the workdir);
   # google-cloud-storage: gs:// TensorBoard event files (tensorboardX).
-  remote+=" && python3 -m pip install -q -e ~/oneclass_jax gcsfs"
-  remote+=" google-cloud-storage"
+  remote+=" && ~/.local/bin/uv pip install -q --python $venv/bin/python"
+  remote+=" -e ~/oneclass_jax gcsfs google-cloud-storage"
+  remote+=" && $venv/bin/python -c 'import sys, jax, oneclass_jax;"
+  remote+=" print(sys.version.split()[0], jax.__version__)'"
   if [[ -n $data ]]; then
     remote+=" && mkdir -p ~/tensorflow_datasets"
     remote+=" && gcloud storage rsync -r $(quote "$data") ~/tensorflow_datasets"
@@ -162,7 +179,7 @@ do_run() {
     echo "warning: --workdir=$workdir is not on GCS; with several workers" \
       "each one would write its own copy." >&2
   fi
-  inner="cd ~/oneclass_jax && ONECLASS_JAX_DISTRIBUTED=1 python3 -m"
+  inner="cd ~/oneclass_jax && ONECLASS_JAX_DISTRIBUTED=1 $venv/bin/python -m"
   inner+=" oneclass_jax.main"
   inner+=" $(quote_args "--workdir=$workdir" "${main_flags[@]}")"
   if [[ $detach == 1 ]]; then

@@ -155,15 +155,20 @@ def _quarantine(mngr, workdir, steps) -> None:
 
 def restore_state_only(workdir: str, abstract_state):
   """For the evaluation binaries: the newest intact state, no data state."""
+  missing = FileNotFoundError(
+      f"No checkpoint in {_dir(workdir)}: train first with `python -m "
+      "oneclass_jax.main --config=... --workdir=...`.")
+  # Checked before a manager exists: Orbax's manager starts a cleanup thread
+  # that, on a quick exit with this error, died with a second traceback.
+  if not _dir(workdir).is_dir() or not any(_dir(workdir).iterdir()):
+    raise missing
   mngr = manager(workdir, keep=0)
   try:
     state, step = restore_latest(mngr, workdir, abstract_state)
   finally:
     mngr.close()
   if step is None:
-    raise FileNotFoundError(
-        f"No checkpoint in {_dir(workdir)}: train first with `python -m "
-        "oneclass_jax.main --config=... --workdir=...`.")
+    raise missing
   return state, step
 
 

@@ -31,6 +31,7 @@ from oneclass_jax import detectors
 from oneclass_jax import files
 from oneclass_jax import metrics
 from oneclass_jax import parallel
+from oneclass_jax import progress
 from oneclass_jax import provenance
 from oneclass_jax.data import augment
 from oneclass_jax.data import pipeline
@@ -77,6 +78,9 @@ def extract(model, variables, source, mesh, *, batch_size: int,
   embed = make_embed_fn(model, mesh, rotations=rotations)
   variables = parallel.replicate(variables, mesh)
   outputs, masks = [], []
+  counter = progress.Counter(f"Embedding {len(source)} images"
+                             f"{' (4 rotations each)' if rotations else ''}",
+                             len(source) // hosts)
   with jax.set_mesh(mesh):
     for batch in pipeline.inference_batches(source, batch_size=local_batch):
       images = parallel.to_global({"image": batch["image"]}, mesh)["image"]
@@ -89,6 +93,8 @@ def extract(model, variables, source, mesh, *, batch_size: int,
           gathered)
       outputs.append(split["out"])
       masks.append(split["mask"])
+      counter.update(int(np.sum(batch["_mask"])))
+  counter.finish()
   # [batches, hosts, local] -> [hosts, batches, local]: host 0's part first,
   # which is the source order.
   mask = np.swapaxes(np.stack(masks), 0, 1)
@@ -143,13 +149,27 @@ def labels_of(source) -> np.ndarray:
 def fit_detectors(names, fit_features) -> dict:
   # Each detector L2-normalises its input itself when it should (all but
   # the linear OC-SVM, which the authors ran on raw f).
-  return {name: detectors.get(name).fit(fit_features) for name in names}
+  fitted = {}
+  for name in names:
+    with progress.phase("Fitting %s on %d x %d features", name,
+                        *np.shape(fit_features)):
+      fitted[name] = detectors.get(name).fit(fit_features)
+  return fitted
+
+
+def score_all(fitted: dict, features) -> dict:
+  """{detector: float64 anomaly scores of `features`}, each phase logged."""
+  scores = {}
+  for name, det in fitted.items():
+    with progress.phase("Scoring %d x %d features with %s",
+                        *np.shape(features), name):
+      scores[name] = np.asarray(det.score(features), np.float64)
+  return scores
 
 
 def fit_and_score(names, fit_features, test_features) -> dict:
   """{detector: anomaly scores of the test set} for fitted detectors."""
-  return {name: np.asarray(det.score(test_features), np.float64)
-          for name, det in fit_detectors(names, fit_features).items()}
+  return score_all(fit_detectors(names, fit_features), test_features)
 
 
 def heldout_scores(names, fit_features, seed, holdout=0.1) -> dict:
@@ -212,8 +232,7 @@ def evaluate_state(config, workdir, model, state, data, mesh, *,
     detectors.check_features(emb[key], f"{split} embeddings ({embedding})")
   test_labels = labels_of(data.test)
   fitted_dets = fit_detectors(fitted, fit_emb[key])
-  scores = {name: np.asarray(det.score(test_emb[key]), np.float64)
-            for name, det in fitted_dets.items()}
+  scores = score_all(fitted_dets, test_emb[key])
   if rotations:
     for name, s in rotation_score.rotation_scores(
         test_emb["rot_logits"]).items():
@@ -235,16 +254,17 @@ def evaluate_state(config, workdir, model, state, data, mesh, *,
       "identity": ident,
   }
   if config.eval.baselines:
-    results["baselines"] = _baselines(config, model, data, mesh, fitted,
-                                      test_labels)
+    with progress.phase("Baselines (raw pixels, untrained network)"):
+      results["baselines"] = _baselines(config, model, data, mesh, fitted,
+                                        test_labels)
   if jax.process_index() == 0:
     # results.json last: a run that has it has its scores and detectors too
     # (sweeps treat results.json as "finished").
     files.write_atomic(files.path(workdir) / "scores.npz",
                        files.npz_bytes(labels=test_labels, **scores))
-    save_detectors(workdir, fitted_dets,
-                   heldout_scores(fitted, fit_emb[key], config.seed),
-                   embedding, ident)
+    with progress.phase("Held-out inlier scores for the thresholds"):
+      heldout = heldout_scores(fitted, fit_emb[key], config.seed)
+    save_detectors(workdir, fitted_dets, heldout, embedding, ident)
     files.write_json(files.path(workdir) / "results.json", results)
   _log_table(results)
   return results

@@ -404,6 +404,7 @@ def _train(models: Models, workdirs, config):
       images = models.images([next(it) for it in iters])
       states, metrics = models.step(states, images, step_rngs)
       history.append((step + 1, metrics))
+      train.bound_run_ahead(history)
       n_window += 1
       done = step + 1
       stop = guard.should_stop(done)

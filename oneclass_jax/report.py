@@ -46,6 +46,7 @@ from matplotlib import pyplot as plt  # noqa: E402
 import numpy as np
 
 from oneclass_jax import metrics
+from oneclass_jax import paper
 
 _OUT = flags.DEFINE_string(
     "out", None, "Directory for report.md, CSVs and figures; default: print "
@@ -199,8 +200,14 @@ def aggregate(runs: Sequence[Run]) -> Report:
         num_classes=num_classes[dataset], classes_present=len(classes),
         num_seeds_complete=len(complete),
         auc_pct_mean=float(np.mean(class_means)),
-        auc_pct_std=_std(seed_means)))
+        auc_pct_std=_std(seed_means),
+        paper_auc_pct=_or_nan(paper.table2(dataset, method, det,
+                                           embedding))))
   return Report(per_class, per_dataset, _overall(per_dataset))
+
+
+def _or_nan(value: Optional[float]) -> float:
+  return math.nan if value is None else value
 
 
 def _overall(per_dataset: list[dict]) -> list[dict]:
@@ -255,6 +262,22 @@ def to_markdown(report: Report) -> str:
       "## Summary (Table 2 layout)",
       _md_table(["method", "embedding", "detector"] + datasets + ["Mean"],
                 summary_rows)]
+  beside = [r for r in report.per_dataset
+            if not math.isnan(r["paper_auc_pct"])]
+  if beside:
+    parts += [
+        "## Beside the paper (Table 2: ResNet-18 width 1, 2,048 epochs, "
+        "5 seeds)",
+        _md_table(["dataset", "method", "embedding", "detector", "ours",
+                   "paper", "ours − paper"],
+                  [[r["dataset"], r["method"], r["embedding"], r["detector"],
+                    _cell(r["auc_pct_mean"], r["auc_pct_std"]) + (
+                        f" ({r['classes_present']}/{r['num_classes']} "
+                        "classes)" if r["classes_present"] < r["num_classes"]
+                        else ""),
+                    f"{r['paper_auc_pct']:.1f}",
+                    f"{r['auc_pct_mean'] - r['paper_auc_pct']:+.1f}"]
+                   for r in beside])]
   for dataset in datasets:
     parts += [f"## {dataset}: per-class AUROC (Tables 8-11 layout)",
               _per_class_markdown(report, dataset)]
@@ -285,7 +308,7 @@ _CSV_COLUMNS = {
     "per_dataset.csv": ("per_dataset", [
         "dataset", "method", "embedding", "detector", "num_classes",
         "classes_present", "num_seeds_complete", "auc_pct_mean",
-        "auc_pct_std"]),
+        "auc_pct_std", "paper_auc_pct"]),
     "overall.csv": ("overall", ["method", "embedding", "detector", "datasets",
                                 "num_classes", "auc_pct_mean"]),
 }

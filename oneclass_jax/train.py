@@ -348,6 +348,7 @@ def _train_and_evaluate(config, workdir, mesh):
       images = parallel.to_global({"image": batch["image"]}, mesh)["image"]
       state, metrics = train_step(state, images, step_rng)
       history.append((step + 1, metrics))
+      bound_run_ahead(history)
       n_window += 1
       done = step + 1
       # Asked by every process every step: after SIGTERM all of them save
@@ -438,6 +439,20 @@ def cadence(config, done: int, last_step: int, stop: bool):
 
 
 _LONG_RUN_SECONDS = 24 * 3600  # Warn when a run would take over a day.
+
+
+# Steps the host may dispatch ahead of the device. JAX dispatches
+# asynchronously and nothing else waits between log steps, so on a slow
+# device the host queued a whole log window (100 steps: 8 minutes on these 2
+# CPU cores) and a SIGTERM save had to wait for all of it, far beyond a Spot
+# VM's 30 s notice. Two keep the device fed.
+RUN_AHEAD_STEPS = 2
+
+
+def bound_run_ahead(history: list) -> None:
+  """Waits for the step RUN_AHEAD_STEPS back in `history` [(step, metrics)]."""
+  if len(history) > RUN_AHEAD_STEPS:
+    jax.block_until_ready(history[-1 - RUN_AHEAD_STEPS][1])
 
 
 def _format_eta(seconds: float) -> str:

@@ -167,7 +167,8 @@ def test_cpu_recipe_report_against_numpy(tmp_path):
   results_md = tmp_path / "RESULTS.md"
   results_md.write_text("# R\n\n## CPU recipe: old\nstale\n\n## Next\nkept\n")
   _run([sys.executable, "benchmarks/cpu_recipe.py", "--report_only",
-        f"--root={tmp_path / 'runs'}", f"--results_md={results_md}"], tmp_path)
+        f"--records={tmp_path / 'runs'}", f"--results_md={results_md}"],
+       tmp_path)
   text = results_md.read_text()
   assert "stale" not in text and "## Next\nkept" in text
   assert f"| 1 c1 | {100 * kde[1]:.1f} |" in text

@@ -40,7 +40,8 @@ def remote_main_args(remote: str) -> list[str]:
   words = shlex.split(remote)
   start = words.index("oneclass_jax.main") + 1
   assert words[start - 5:start] == ["&&", "ONECLASS_JAX_DISTRIBUTED=1",
-                                    "python3", "-m", "oneclass_jax.main"]
+                                    "~/oneclass_venv/bin/python", "-m",
+                                    "oneclass_jax.main"]
   assert words[start - 7:start - 5] == ["cd", "~/oneclass_jax"]
   return words[start:words.index("2>&1")]
 
@@ -100,9 +101,14 @@ def test_tpu_dry_run_of_a_pod_slice_job(tmp_path):
   assert install[:-1] == tpu + ["ssh", "oc-pod", *where, "--worker=all"]
   steps = install[-1].removeprefix("--command=").split(" && ")
   assert "tar -xzf ~/oneclass_jax.tgz -C ~/oneclass_jax" in steps
-  assert "python3 -m pip install -q -U 'jax[tpu]'" in steps
-  assert ("python3 -m pip install -q -e ~/oneclass_jax gcsfs "
-          "google-cloud-storage" in steps)
+  # Python >= 3.11 (setup.py) from uv, whatever the runtime's python3 is.
+  assert "~/.local/bin/uv venv -q --clear --python 3.12 ~/oneclass_venv" in steps
+  assert ("~/.local/bin/uv pip install -q --python ~/oneclass_venv/bin/python"
+          " -U 'jax[tpu]'" in steps)
+  assert ("~/.local/bin/uv pip install -q --python ~/oneclass_venv/bin/python"
+          " -e ~/oneclass_jax gcsfs google-cloud-storage" in steps)
+  for excluded in ("./runs", "./results", "*.whl"):
+    assert f"--exclude={excluded}" in tar
   assert ("gcloud storage rsync -r gs://my-bucket/tfds ~/tensorflow_datasets"
           in steps)
   # Every worker runs the binary at once; JAX's runtime joins them.
@@ -113,6 +119,51 @@ def test_tpu_dry_run_of_a_pod_slice_job(tmp_path):
   assert remote_main_args(remote) == [f"--workdir={WORKDIR}", *MAIN]
   assert rsync[-2:] == [WORKDIR, "out"]
   assert delete == tpu + ["delete", "oc-pod", *where, "--quiet"]
+
+
+STUB = """#!/usr/bin/env bash
+echo "$(basename "$0") $*" >> "$HOME/calls.log"
+"""
+
+
+def _stub(path, body=""):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(STUB + body)
+  path.chmod(0o755)
+
+
+def test_tpu_install_commands_run_on_a_python_3_10_worker(tmp_path):
+  """The install step's remote command, run here by bash against stubs of a
+  worker whose only interpreter is python3 3.10 (tpu-ubuntu2204-base)."""
+  result = script("tpu.sh", "install", "--name=oc", f"--zone={ZONE}",
+                  "--dry_run", env={"TMPDIR": str(tmp_path)})
+  assert result.returncode == 0, result.stderr
+  remote = commands(result.stdout)[-1][-1].removeprefix("--command=")
+  home, bin_dir = tmp_path / "home", tmp_path / "bin"
+  home.mkdir()
+  subprocess.run(["tar", "-czf", str(home / "oneclass_jax.tgz"), "-C",
+                  str(mp.REPO), "setup.py"], check=True)
+  # pip --user installs uv; uv venv makes a python that records its calls.
+  _stub(bin_dir / "python3", 'if [[ "$*" == *"install"*"uv"* ]]; then\n'
+        f'  mkdir -p "$HOME/.local/bin" && cp {bin_dir}/uv "$HOME/.local/bin/uv"'
+        '\nfi\n')
+  _stub(bin_dir / "uv", 'if [[ $1 == venv ]]; then\n'
+        '  mkdir -p "${@: -1}/bin" && cp "$0" "${@: -1}/bin/python"\nfi\n')
+  run = subprocess.run(["bash", "-c", remote], capture_output=True, text=True,
+                       env={"HOME": str(home), "PATH": f"{bin_dir}:/usr/bin:"
+                            "/bin"}, timeout=60)
+  assert run.returncode == 0, run.stderr
+  assert (home / "oneclass_jax" / "setup.py").exists()
+  calls = (home / "calls.log").read_text().splitlines()
+  assert calls == [
+      "python3 -m pip install -q --user -U uv",
+      f"uv venv -q --clear --python 3.12 {home}/oneclass_venv",
+      f"uv pip install -q --python {home}/oneclass_venv/bin/python -U "
+      "jax[tpu]",
+      f"uv pip install -q --python {home}/oneclass_venv/bin/python -e "
+      f"{home}/oneclass_jax gcsfs google-cloud-storage",
+      "python -c import sys, jax, oneclass_jax; print(sys.version.split()[0],"
+      " jax.__version__)"]
 
 
 def test_tpu_detached_run_and_logs(tmp_path):

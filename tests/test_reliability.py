@@ -503,3 +503,41 @@ def test_mvtec_evaluate_refuses_flags_it_ignores(tmp_path):
                                                              "mvtec"}}))
   with pytest.raises(ValueError, match="do not apply to MVTec"):
     evaluate.evaluate_workdir(str(tmp_path), ["kde"], None)
+
+
+def test_no_checkpoint_is_reported_before_orbax_starts(tmp_path, monkeypatch):
+  # Item 9: with no checkpoint, the Orbax manager's cleanup thread could die
+  # at exit with a second traceback ("cannot schedule new futures after
+  # interpreter shutdown"), depending on timing. No manager is made at all now.
+  def no_manager(*args, **kwargs):
+    raise AssertionError("a CheckpointManager was created")
+  monkeypatch.setattr(checkpoint, "manager", no_manager)
+  (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+  for wd in (tmp_path / "none", tmp_path / "empty"):
+    with pytest.raises(FileNotFoundError, match="No checkpoint in"):
+      checkpoint.restore_state_only(str(wd), None)
+
+
+def test_host_waits_for_the_step_two_back(folder, tmp_path, monkeypatch):
+  # The host dispatched a whole log window ahead of a slow device, so a
+  # SIGTERM save waited for up to 100 queued steps (8 minutes on 2 CPU cores,
+  # past a Spot VM's 30 s notice). Now every step waits for the one two back.
+  waited = []
+  real = jax.block_until_ready
+  monkeypatch.setattr(jax, "block_until_ready",
+                      lambda x: waited.append(x) or real(x))
+  history = [(s, {"loss": jnp.float32(s)}) for s in range(1, 6)]
+  train.bound_run_ahead(history)
+  assert len(waited) == 1 and float(waited[0]["loss"]) == 3.0
+  train.bound_run_ahead(history[:2])  # Nothing two back yet.
+  assert len(waited) == 1
+
+  calls = []
+  real_bound = train.bound_run_ahead
+  monkeypatch.setattr(train, "bound_run_ahead",
+                      lambda h: calls.append(h[-1][0]) or real_bound(h))
+  config = folder_config("contrastive", folder, tmp_path,
+                         total_steps=5, log_every_steps=100,
+                         checkpoint_every_steps=100)
+  train.train_and_evaluate(config, str(tmp_path / "wd"))
+  assert calls == [1, 2, 3, 4, 5]

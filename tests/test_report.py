@@ -152,3 +152,18 @@ def test_cli_writes_tables_and_figures(root, tmp_path):
 
   printed = _run_cli(str(root / "a"), str(root / "b")).stdout
   assert printed == expected_md
+
+
+def test_paper_column_beside_ours(tmp_path):
+  # CIFAR-10 contrastive_da: 2 of 10 classes, KDE 80 and 90; the paper: 92.4.
+  for cls, auc in ((0, 0.8), (1, 0.9)):
+    _write_run(tmp_path, "cifar10", cls, 0, {"kde": auc, "weird": 0.5},
+               num_classes=10, method="contrastive_da")
+  rep = report.aggregate(report.load_runs([tmp_path]))
+  rows = {r["detector"]: r for r in rep.per_dataset}
+  assert rows["kde"]["paper_auc_pct"] == 92.4
+  assert math.isnan(rows["weird"]["paper_auc_pct"])  # Not in the paper.
+  md = report.to_markdown(rep)
+  assert ("| cifar10 | contrastive_da | f | kde | 85.0 (2/10 classes) | 92.4 "
+          "| -7.4 |") in md
+  assert "| weird |" not in md.split("## Beside the paper")[1].split("##")[0]
