@@ -38,6 +38,11 @@ from oneclass_jax.data import pipeline
 from oneclass_jax.detectors import rotation_score
 
 EMBEDDING_KEYS = {"f": "pools", "g": "embeds"}
+# Folds of the cross-fitted held-out inlier scores behind the thresholds.
+THRESHOLD_FOLDS = 5
+# Version of detectors/: `score` refuses another one. 2: KDE and OC-SVM
+# scores normalised by the fitted rows, cross-fitted held-out scores.
+DETECTORS_FORMAT = 2
 ROTATION = detectors.ROTATION
 
 
@@ -172,18 +177,30 @@ def fit_and_score(names, fit_features, test_features) -> dict:
   return score_all(fit_detectors(names, fit_features), test_features)
 
 
-def heldout_scores(names, fit_features, seed, holdout=0.1) -> dict:
-  """Scores of held-out inliers under detectors fitted on the other ones.
+def heldout_scores(names, fit_features, seed,
+                   folds: int = THRESHOLD_FOLDS) -> dict:
+  """Out-of-sample scores of every inlier, by K-fold cross-fitting.
 
-  The deployed detectors are fitted on all inliers (so `score` reproduces the
+  Each inlier is scored by detectors fitted on the other K − 1 folds. The
+  deployed detectors are fitted on all inliers (so `score` reproduces the
   evaluation exactly); their threshold for a target false-positive rate is
-  the quantile of these out-of-sample inlier scores, which needs no outlier.
+  the quantile of these scores, which needs no outlier. Every detector's
+  score is normalised by its number of fitted rows (KDE by n, OC-SVM by Σα),
+  so fold detectors and the deployed one score on the same scale
+  (tests/test_thresholds.py measures the realised rate on fresh inliers).
   """
-  rng = np.random.default_rng(seed)
-  order = rng.permutation(len(fit_features))
-  n_out = max(1, int(round(holdout * len(order))))
-  out, rest = order[:n_out], order[n_out:]
-  return fit_and_score(names, fit_features[rest], fit_features[out])
+  n = len(fit_features)
+  folds = max(2, min(folds, n))
+  fold_of = np.random.default_rng(seed).permutation(n) % folds
+  out = {name: np.empty(n) for name in names}
+  for k in range(folds):
+    held = fold_of == k
+    logging.info("Threshold fold %d of %d (%d held-out inliers)", k + 1,
+                 folds, int(held.sum()))
+    for name, s in fit_and_score(names, fit_features[~held],
+                                 fit_features[held]).items():
+      out[name][held] = s
+  return out
 
 
 def save_detectors(workdir, fitted: dict, heldout: dict, embedding: str,
@@ -196,7 +213,8 @@ def save_detectors(workdir, fitted: dict, heldout: dict, embedding: str,
   """
   contents = {f"{name}.pkl": pickle.dumps(det) for name, det in fitted.items()}
   contents["heldout_scores.npz"] = files.npz_bytes(**heldout)
-  contents["meta.json"] = json.dumps({"embedding": embedding,
+  contents["meta.json"] = json.dumps({"format": DETECTORS_FORMAT,
+                                      "embedding": embedding,
                                       "step": ident["step"],
                                       "identity": ident,
                                       "detectors": sorted(fitted)})
@@ -250,6 +268,11 @@ def evaluate_state(config, workdir, model, state, data, mesh, *,
       "auc": _aucs(test_labels, scores),
       "counts": {"fit": int(len(data.fit)), "test": int(len(data.test)),
                  "test_outliers": int(test_labels.sum())},
+      # Detectors that fitted a subset of the fit set (OC-SVM above
+      # ocsvm.MAX_FIT_ROWS): rows used.
+      "fit_subsets": {name: int(len(det.fit_index_))
+                      for name, det in fitted_dets.items()
+                      if det.fit_index_ is not None},
       "config": config_lib.to_dict(config),
       "identity": ident,
   }

@@ -6,9 +6,9 @@ r"""Scores a folder of new images with a trained model and a fitted detector.
 Beyond the paper: what a production line needs. The detector is the one the
 evaluation fitted on all training inliers (`workdir/detectors/`), so a scored
 image gets exactly the score the evaluation gives it. The decision threshold
-is set from normal data only: the (1 - fpr) quantile of held-out inlier
-scores (detectors refitted without them), i.e. about `fpr` of normal images
-are flagged. Unreadable or wrongly sized files are named and skipped.
+is set from normal data only: the (1 - fpr) quantile of cross-fitted
+held-out inlier scores (`detectors.threshold_at_fpr`), i.e. about `fpr` of
+normal images are flagged (tests/test_thresholds.py). Unreadable or wrongly sized files are named and skipped.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from oneclass_jax import detectors
 from oneclass_jax import evaluate
 from oneclass_jax import files
 from oneclass_jax import parallel
@@ -80,8 +81,14 @@ def load_detector(workdir, name):
     raise FileNotFoundError(
         f"No fitted detector {name!r} in {root}: run `python -m "
         f"oneclass_jax.evaluate --workdir={workdir} --detectors={name}`.")
-  detector = pickle.loads(path.read_bytes())
   meta = files.read_json(root / "meta.json")
+  if meta.get("format") != evaluate.DETECTORS_FORMAT:
+    raise ValueError(
+        f"{root} holds detectors of format {meta.get('format', 1)}; this "
+        f"version scores with format {evaluate.DETECTORS_FORMAT} (scores "
+        "normalised by the fitted rows, cross-fitted thresholds): run "
+        f"`python -m oneclass_jax.evaluate --workdir={workdir}` to refit them.")
+  detector = pickle.loads(path.read_bytes())
   heldout = files.load_npz(root / "heldout_scores.npz")[name]
   return detector, meta, heldout
 
@@ -114,7 +121,7 @@ def score_folder(workdir, folder, *, detector="kde", fpr=0.05):
                          batch_size=config.eval.batch_size)
   features = emb[evaluate.EMBEDDING_KEYS[meta["embedding"]]]
   scores = np.asarray(det.score(features), np.float64)
-  threshold = float(np.quantile(heldout, 1.0 - fpr))
+  threshold = detectors.threshold_at_fpr(heldout, fpr)
   rows = [(n, float(s), "anomalous" if s > threshold else "normal")
           for n, s in zip(names, scores)]
   return rows, threshold, problems

@@ -174,3 +174,20 @@ def test_cpu_recipe_report_against_numpy(tmp_path):
   assert f"| 1 c1 | {100 * kde[1]:.1f} |" in text
   assert f"| mean of 2 | **{100 * np.mean(list(kde.values())):.1f}** |" in text
   assert "| 50.0 | 60.0 | 20 | 0 |" in text  # Two 10-minute attempts.
+
+
+def test_stage2_benchmark_smoke(tmp_path):
+  out = _run([sys.executable, "benchmarks/stage2_benchmark.py", "--smoke",
+              f"--out={tmp_path / 's.jsonl'}"], tmp_path)
+  records = [json.loads(line)
+             for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+  assert {r["kind"] for r in records} == {"libsvm", "grid"}
+  assert {r["detector"] for r in records if r["kind"] == "grid"} == {
+      "kde", "ocsvm", "gde", "knn"}
+  lib = next(r for r in records if r["kind"] == "libsvm")
+  assert lib["support_equal"] and lib["decisions_equal"]
+  assert "| 150 × 16 |" in out
+  # A second call finds every case done and runs nothing again.
+  _run([sys.executable, "benchmarks/stage2_benchmark.py", "--smoke",
+        f"--out={tmp_path / 's.jsonl'}"], tmp_path)
+  assert len((tmp_path / "s.jsonl").read_text().splitlines()) == len(records)

@@ -48,9 +48,9 @@ def _unit(x):
 
 
 def _kde_reference(test, train, gamma):
-  """−(1/γ) logsumexp(−γ‖x−y‖²) with direct float64 differences."""
+  """−(1/γ) log((1/n) Σ exp(−γ‖x−y‖²)) with direct float64 differences."""
   sq = ((test[:, None, :] - train[None, :, :]) ** 2).sum(axis=-1)
-  return -special.logsumexp(-gamma * sq, axis=1) / gamma
+  return -(special.logsumexp(-gamma * sq, axis=1) - np.log(len(train))) / gamma
 
 
 # ----------------------------------------------------------------- registry
@@ -132,14 +132,14 @@ def test_kde_matches_float64_reference_and_sklearn(data):
   # float32 matmul expansion on unit vectors: ~1e-6 absolute (kde.py doc).
   np.testing.assert_allclose(scores, _kde_reference(te, tr, gamma), atol=2e-5)
 
-  # sklearn's log-density with h = 1/sqrt(2γ) is γ·KDE − log n − d/2·log(π/γ).
+  # sklearn's log-density with h = 1/sqrt(2γ) is γ·KDE − d/2·log(π/γ).
   sk = neighbors.KernelDensity(kernel="gaussian",
                                bandwidth=(2 * gamma) ** -0.5).fit(tr)
   sk_normality = sk.score_samples(te)
-  d, n = tr.shape[1], tr.shape[0]
+  d = tr.shape[1]
   np.testing.assert_allclose(
-      -scores, (sk_normality + np.log(n) + d / 2 * np.log(np.pi / gamma))
-      / gamma, atol=2e-5)
+      -scores, (sk_normality + d / 2 * np.log(np.pi / gamma)) / gamma,
+      atol=2e-5)
   assert (sk_metrics.roc_auc_score(labels, scores) ==
           sk_metrics.roc_auc_score(labels, -sk_normality))
 
@@ -215,20 +215,59 @@ def test_kde_score_fn_matches_detector(data):
 # ------------------------------------------------------------------ OC-SVMs
 
 
-def test_ocsvm_equals_direct_sklearn(data):
-  train, test, _ = data
+@pytest.mark.parametrize("gamma,nu", [(None, 0.5), (2.0, 0.5), (5.0, 0.1)])
+def test_ocsvm_same_solution_as_libsvm_computing_its_own_kernel(gamma, nu):
+  # The paper's γ makes every row a support vector; the overrides give strict
+  # subsets, so "the same support set" is a real check there.
+  train = _features(0, 400, 40)
+  test = np.concatenate([_features(1, 60, 40), _features(2, 60, 40, 1.0)])
   tr, te = _unit(train), _unit(test)
-  gamma = 10 / (tr.shape[1] * tr.var())
-  expected = -svm.OneClassSVM(kernel="rbf", gamma=gamma, nu=0.5).fit(
-      tr).score_samples(te)
-  np.testing.assert_allclose(detectors.get("ocsvm").fit(train).score(test),
-                             expected, rtol=1e-10)
-  # The linear one uses the raw features.
-  expected = -svm.OneClassSVM(kernel="linear", nu=0.5).fit(
-      train).score_samples(test)
-  np.testing.assert_allclose(
-      detectors.get("ocsvm_linear").fit(train).score(test), expected,
-      rtol=1e-10)
+  g = gamma if gamma is not None else 10 / (tr.shape[1] * tr.var())
+  ref = svm.OneClassSVM(kernel="rbf", gamma=g, nu=nu).fit(tr)
+  det = detectors.get("ocsvm", gamma=gamma, nu=nu).fit(train)
+  if gamma is not None:
+    assert len(ref.support_) < len(tr)
+  np.testing.assert_array_equal(det.support_, ref.support_)
+  np.testing.assert_allclose(det.dual_coef_, ref.dual_coef_[0], rtol=1e-7,
+                             atol=1e-10)
+  np.testing.assert_allclose(det.offset_, ref.offset_[0], rtol=1e-9)
+  # Scores are libsvm's divided by Σα = ν·n.
+  alpha_sum = ref.dual_coef_.sum()
+  assert alpha_sum == pytest.approx(nu * len(tr), rel=1e-6)
+  scores = det.score(test)
+  np.testing.assert_allclose(scores * alpha_sum, -ref.score_samples(te),
+                             rtol=1e-9)
+  # The decisions (inlier iff decision_function >= 0) agree.
+  np.testing.assert_array_equal(-scores * alpha_sum - det.offset_ >= 0,
+                                ref.decision_function(te) >= 0)
+
+
+def test_linear_ocsvm_same_support_as_libsvm():
+  train, test = _features(0, 300, 20), _features(1, 50, 20, 1.0)
+  ref = svm.OneClassSVM(kernel="linear", nu=0.5).fit(train)
+  det = detectors.get("ocsvm_linear").fit(train)
+  assert len(ref.support_) < len(train)
+  np.testing.assert_array_equal(det.support_, ref.support_)
+  np.testing.assert_allclose(det.score(test) * ref.dual_coef_.sum(),
+                             -ref.score_samples(test), rtol=1e-9)
+
+
+def test_ocsvm_above_max_fit_rows_fits_a_recorded_seeded_subset():
+  train, test = _features(0, 300, 20), _features(1, 50, 20)
+  with pytest.warns(UserWarning, match="random 120 of the 300 inliers"):
+    det = detectors.get("ocsvm", max_fit_rows=120, seed=3).fit(train)
+  index = det.fit_index_
+  assert len(index) == 120 and len(np.unique(index)) == 120
+  # The subset is what was fitted (with its γ), and the seed decides it.
+  sub = detectors.get("ocsvm").fit(train[index])
+  assert sub.fit_index_ is None
+  np.testing.assert_allclose(det.score(test), sub.score(test), rtol=1e-12)
+  with pytest.warns(UserWarning):
+    again = detectors.get("ocsvm", max_fit_rows=120, seed=3).fit(train)
+  np.testing.assert_array_equal(again.fit_index_, index)
+  with pytest.warns(UserWarning):
+    other = detectors.get("ocsvm", max_fit_rows=120, seed=4).fit(train)
+  assert not np.array_equal(other.fit_index_, index)
 
 
 # ---------------------------------------------------------------------- GDE

@@ -122,8 +122,8 @@ def test_gs_workdir_config_embeddings_detectors_results_metrics(
   heldout = {"kde": rng.normal(size=5)}
   evaluate.save_detectors(bucket, {"kde": det}, heldout, "f", ident)
   loaded, meta, held = score.load_detector(bucket, "kde")
-  assert meta == {"embedding": "f", "step": 5, "identity": ident,
-                  "detectors": ["kde"]}
+  assert meta == {"format": evaluate.DETECTORS_FORMAT, "embedding": "f",
+                  "step": 5, "identity": ident, "detectors": ["kde"]}
   np.testing.assert_array_equal(held, heldout["kde"])
   np.testing.assert_allclose(loaded.score(test["pools"]),
                              det.score(test["pools"]))

@@ -179,7 +179,7 @@ def kde_reference(q, train, gamma):
   qn = q / np.linalg.norm(q)
   d2 = np.sum((train - qn) ** 2, axis=1)
   top = np.max(-gamma * d2)
-  return -(top + math.log(np.sum(np.exp(-gamma * d2 - top)))) / gamma
+  return -(top + math.log(np.mean(np.exp(-gamma * d2 - top)))) / gamma
 
 
 def test_kde_gradient_matches_finite_differences():

@@ -14,7 +14,8 @@ the raw representation.
 This package imports nothing from the training, data or model code.
 """
 import abc
-from typing import Callable
+from typing import Callable, Optional
+import warnings
 
 import numpy as np
 
@@ -60,6 +61,9 @@ class Detector(abc.ABC):
 
   name: str = ""
   normalize: bool = True
+  # The rows of its train features a detector fitted on when it took a
+  # subset (None: all of them); evaluate writes their number to results.json.
+  fit_index_: Optional[np.ndarray] = None
 
   def prepare(self, x, what: str) -> np.ndarray:
     """Checks `x` and normalises it if this detector expects unit vectors."""
@@ -103,6 +107,28 @@ def score_in_blocks(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
           [chunk, np.zeros((block - rows, x.shape[1]), chunk.dtype)])
     out[start:start + rows] = np.asarray(fn(chunk), dtype=np.float64)[:rows]
   return out
+
+
+def threshold_at_fpr(heldout_scores, fpr: float) -> float:
+  """The score above which a fraction `fpr` of normal data is flagged.
+
+  The (1 − fpr) quantile of out-of-sample inlier scores (evaluate's
+  cross-fitted held-out scores). Fewer than 10 / fpr of them put less than
+  about 10 scores above the threshold, so its realised rate is noisy: that
+  warns.
+  """
+  if not 0.0 < fpr < 1.0:
+    raise ValueError(f"fpr must be in (0, 1), got {fpr}.")
+  heldout_scores = np.asarray(heldout_scores, np.float64)
+  if heldout_scores.ndim != 1 or not len(heldout_scores):
+    raise ValueError("No held-out inlier scores to set a threshold from.")
+  if len(heldout_scores) < 10 / fpr:
+    warnings.warn(
+        f"Only {len(heldout_scores)} held-out normal scores back the "
+        f"threshold for fpr={fpr} (fewer than 10/fpr = {10 / fpr:.0f}): the "
+        "realised false-positive rate will be noisy; use more normal "
+        "training images or a larger fpr.")
+  return float(np.quantile(heldout_scores, 1.0 - fpr))
 
 
 # pylint: disable=wrong-import-position

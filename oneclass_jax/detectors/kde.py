@@ -2,11 +2,14 @@
 
 Normality of a query x given train features y_1..y_n:
 
-  KDE_γ(x) = (1/γ) log Σ_j exp(−γ‖x − y_j‖²)          (no 1/n: a constant)
+  KDE_γ(x) = (1/γ) log (1/n) Σ_j exp(−γ‖x − y_j‖²)
 
-and the anomaly score is −KDE_γ(x). The authors compute the same quantity as
-−(1/γ)·logsumexp(2γ x·y) on unit vectors, which differs from this by the
-constant 2 (`original_code.md` §6), so rankings and AUCs agree.
+and the anomaly score is −KDE_γ(x). The authors compute −(1/γ)·logsumexp(2γ x·y)
+on unit vectors, which differs from this by a constant (2 and (log n)/γ,
+`original_code.md` §6), so rankings and AUCs agree. The 1/n (which the
+paper's Eq. 6 leaves out as a constant) is kept so that a threshold set on
+scores of detectors fitted on part of the inliers (evaluate's cross-fitted
+held-out scores) transfers to the detector fitted on all of them.
 
 Bandwidth (Appendix A.4 and the authors' code): γ = 10 / (d · Var(F)), with
 Var over ALL n·d entries of the L2-normalised train matrix F (population
@@ -77,7 +80,7 @@ def _log_density_centred(queries, train, train_sq, gamma, train_chunk):
   if train_chunk is None or train_chunk >= n:
     lse = jax.nn.logsumexp(-gamma * _sq_dists(queries, train, train_sq),
                            axis=1)
-    return lse / gamma
+    return (lse - jnp.log(n)) / gamma
   num_chunks = -(-n // train_chunk)
   pad = num_chunks * train_chunk - n
   # Padded train rows are excluded by `where`; the first chunk always holds
@@ -94,12 +97,12 @@ def _log_density_centred(queries, train, train_sq, gamma, train_chunk):
     return jax.nn.logsumexp(logits, axis=1, where=ok[None, :])
 
   per_chunk = jax.lax.map(one_chunk, (chunks, chunk_sq, valid))  # [c, m]
-  return jax.nn.logsumexp(per_chunk, axis=0) / gamma
+  return (jax.nn.logsumexp(per_chunk, axis=0) - jnp.log(n)) / gamma
 
 
 def kde_log_density(queries, train, gamma, *,
                     train_chunk: Optional[int] = None) -> jax.Array:
-  """KDE_γ(x) = (1/γ) log Σ_j exp(−γ‖x − y_j‖²) for each query row.
+  """KDE_γ(x) = (1/γ) log (1/n) Σ_j exp(−γ‖x − y_j‖²) for each query row.
 
   A pure JAX function: jit-able and differentiable w.r.t. `queries` (and
   `train`). It does not normalise; pass features as the detector sees them.

@@ -1,0 +1,59 @@
+"""Thresholds from normal data only: the realised false-positive rate on
+fresh inliers is the requested one (issue #16)."""
+import json
+
+import numpy as np
+import pytest
+
+from oneclass_jax import detectors
+from oneclass_jax import evaluate
+from oneclass_jax import score
+
+
+def _inliers(rng, n, d=16):
+  """Non-negative clustered features (like ReLU-pooled f), one known law."""
+  centre = np.linspace(0.2, 2.0, d)
+  return np.abs(centre + 0.5 * rng.normal(size=(n, d)))
+
+
+@pytest.mark.parametrize("name", ["kde", "ocsvm", "gde", "knn"])
+def test_realised_fpr_on_fresh_inliers_is_the_target(name):
+  rng = np.random.default_rng(0)
+  train, fresh = _inliers(rng, 4000), _inliers(rng, 20000)
+  heldout = evaluate.heldout_scores([name], train, seed=0)[name]
+  deployed = detectors.get(name).fit(train)
+  fresh_scores = deployed.score(fresh)
+  for fpr in (0.01, 0.05, 0.1):
+    threshold = detectors.threshold_at_fpr(heldout, fpr)
+    realised = float(np.mean(fresh_scores > threshold))
+    assert abs(realised - fpr) <= 0.01, (name, fpr, realised)
+
+
+def test_heldout_scores_are_out_of_sample_for_every_inlier():
+  rng = np.random.default_rng(1)
+  train = _inliers(rng, 50)
+  heldout = evaluate.heldout_scores(["knn"], train, seed=0, folds=5)["knn"]
+  # 1-NN distance in-sample is 0 (self-match); cross-fitted, never.
+  assert heldout.shape == (50,) and (heldout > 1e-9).all()
+  # Each row's score is its distance to the nearest row of other folds.
+  again = evaluate.heldout_scores(["knn"], train, seed=0, folds=5)["knn"]
+  np.testing.assert_array_equal(heldout, again)
+
+
+def test_threshold_warns_when_few_scores_back_it():
+  scores = np.arange(500, dtype=float)
+  with pytest.warns(UserWarning, match="Only 500 held-out normal scores"):
+    assert detectors.threshold_at_fpr(scores, 0.01) == pytest.approx(
+        np.quantile(scores, 0.99))
+  with pytest.raises(ValueError, match="fpr must be in"):
+    detectors.threshold_at_fpr(scores, 0.0)
+
+
+def test_score_refuses_detectors_of_an_older_format(tmp_path):
+  root = tmp_path / "detectors"
+  root.mkdir()
+  (root / "kde.pkl").write_bytes(b"")
+  (root / "meta.json").write_text(json.dumps({"embedding": "f"}))
+  with pytest.raises(ValueError, match="format 1; this version scores with "
+                     "format 2"):
+    score.load_detector(tmp_path, "kde")
