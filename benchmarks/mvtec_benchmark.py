@@ -39,13 +39,13 @@ import ml_collections
 import numpy as np
 
 from oneclass_jax import checkpoint
-from oneclass_jax import evaluate as image_evaluate
+from oneclass_jax import experiment
 from oneclass_jax import metrics
 from oneclass_jax import parallel
 from oneclass_jax import train
 from oneclass_jax.detectors import kde
 from oneclass_jax.mvtec import data as mvtec_data
-from oneclass_jax.mvtec import evaluate as mvtec_evaluate
+from oneclass_jax.evaluators import mvtec_patches
 from oneclass_jax.mvtec import localize
 from oneclass_jax.mvtec import memory_bank
 from oneclass_jax.mvtec import patches
@@ -253,7 +253,7 @@ def _stride_rows(featurize, train_images, test, bank_size, pool,
     detector = kde.KDE(gamma=kde.bandwidth_gamma(cand)).fit(bank)
     cfg = ml_collections.ConfigDict(dict(patch_size=32, stride=stride,
                                          images_per_chunk=4))
-    grids, timing = mvtec_evaluate.score_test_images(featurize, detector,
+    grids, timing = mvtec_patches.score_test_images(featurize, detector,
                                                      test.images, cfg)
     rows.append({"stride": stride, "grid": fit.grid[0],
                  "embed_s_per_image": timing["embed_seconds_per_image"],
@@ -266,9 +266,9 @@ def _stride_rows(featurize, train_images, test, bank_size, pool,
 
 def _restore_rotation(workdir, root, mesh):
   """The trained rotation run, reading its data from `root`."""
-  config = image_evaluate.load_config(str(workdir / "rotation"))
+  config = experiment.load_config(str(workdir / "rotation"))
   config.mvtec.root = str(root)  # The earlier run's data folder may be gone.
-  run = train.setup(config, mesh)
+  run = experiment.setup(config, mesh)
   abstract = checkpoint.abstract(jax.eval_shape(run.init_fn,
                                                 jax.random.key(0)))
   state, _ = checkpoint.restore_state_only(str(workdir / "rotation"),
@@ -282,8 +282,8 @@ def run_small_case(workdir, root, smoke) -> dict:
   run, state = _restore_rotation(workdir, root, mesh)
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   featurizers = {
-      "raw pixels": mvtec_evaluate.pixel_featurizer,
-      "rotation network": mvtec_evaluate.network_featurizer(
+      "raw pixels": mvtec_patches.pixel_featurizer,
+      "rotation network": mvtec_patches.network_featurizer(
           run.model, variables, mesh, batch_size=512)}
   train_images = run.data.fit.images[:_SMALL_TRAIN.value]
   test = _Subset(run.data.test, _SMALL_TEST.value)

@@ -53,7 +53,8 @@ from matplotlib import pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from oneclass_jax import config_lib  # noqa: E402
-from oneclass_jax import evaluate  # noqa: E402
+from oneclass_jax import embeddings
+from oneclass_jax import experiment
 from oneclass_jax import files  # noqa: E402
 from oneclass_jax import parallel  # noqa: E402
 from oneclass_jax.analysis import captions  # noqa: E402
@@ -102,7 +103,7 @@ def apply_from_features(model, variables, features, image_shape):
 def kde_scorer(model, variables, fit_features, *, embedding: str = "f",
                sign: float = 1.0, label: str = "KDE") -> Scorer:
   """sign · KDE_γ(e(x)) with the KDE fitted on `fit_features` of e ∈ {f, g}."""
-  key = evaluate.EMBEDDING_KEYS[embedding]
+  key = embeddings.EMBEDDING_KEYS[embedding]
   anomaly = kde.kde_score_fn(fit_features)
 
   def from_outputs(outputs):
@@ -177,7 +178,7 @@ class Loaded:
 
 
 def load_workdir(workdir: str, mesh) -> Loaded:
-  config, run, state = evaluate.restore_run(workdir, mesh)
+  config, run, state = experiment.restore_run(workdir, mesh)
   # Host copies: the explanations run unsharded on the default device,
   # whatever mesh the checkpoint was restored onto.
   variables = jax.device_get({"params": state["params"],
@@ -215,12 +216,12 @@ def scorers_for(loaded: Loaded, mesh, *, scores: Sequence[str],
         rows = np.sort(np.random.RandomState(seed).permutation(
             len(fit))[:fit_max])
         fit = Subset(fit, rows)
-      emb = evaluate.extract(loaded.run.model, loaded.variables, fit, mesh,
+      emb = embeddings.extract(loaded.run.model, loaded.variables, fit, mesh,
                              batch_size=loaded.config.eval.batch_size)
       label = f"{name}*" if _has_classifier(loaded) else name
       out.append(kde_scorer(
           loaded.run.model, loaded.variables,
-          emb[evaluate.EMBEDDING_KEYS[embedding]], embedding=embedding,
+          emb[embeddings.EMBEDDING_KEYS[embedding]], embedding=embedding,
           sign=sign, label=f"{label} · KDE({embedding})"))
     else:
       raise ValueError(f"Unknown score {score!r}; use auto, kde or rotation.")

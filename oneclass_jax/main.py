@@ -16,7 +16,12 @@ import logging as std_logging
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
+
+from oneclass_jax import distributed
+from oneclass_jax import multi
+from oneclass_jax import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
@@ -28,10 +33,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def run(config, workdir):
   """One model (train.py), or several classes / seeds at once (multi.py)."""
-  # pylint: disable=g-import-not-at-top
-  from oneclass_jax import multi
-  from oneclass_jax import train
-  # pylint: enable=g-import-not-at-top
   if multi.is_multi(config):  # --config.data.inlier_classes=0-9 etc.
     return multi.train_and_evaluate(config, workdir)
   return train.train_and_evaluate(config, workdir)
@@ -44,10 +45,6 @@ def main(argv):
   logging.get_absl_handler().addFilter(
       lambda record: "orbax" not in record.pathname or
       record.levelno >= std_logging.WARNING)
-  # pylint: disable=g-import-not-at-top
-  import jax
-  from oneclass_jax import distributed
-  # pylint: enable=g-import-not-at-top
   # Multi-process runs (launch/*.sh: TPU VMs, several GPU hosts, N local
   # processes) set ONECLASS_JAX_DISTRIBUTED=1; a single process needs nothing.
   distributed.initialize()

@@ -47,6 +47,8 @@ from jax.sharding import PartitionSpec as P
 from oneclass_jax import checkpoint
 from oneclass_jax import config_lib
 from oneclass_jax import distributed
+from oneclass_jax import evaluators
+from oneclass_jax import experiment
 from oneclass_jax import files
 from oneclass_jax import methods
 from oneclass_jax import metric_writers
@@ -172,7 +174,7 @@ class Models:
   """K models built for one program (see `build`)."""
   names: list[str]
   configs: list[Any]
-  runs: list[train.Run]       # Each model's data, model, optimizer.
+  runs: list[experiment.Run]       # Each model's data, model, optimizer.
   mesh: jax.sharding.Mesh     # (model, data): training.
   data_mesh: jax.sharding.Mesh  # data only: checkpoints and evaluation.
   step: Callable              # (states, images, rngs) -> (states, metrics).
@@ -226,7 +228,7 @@ def build(named_configs, num_devices: int | None = None,
   if len(set(names)) != len(names):
     raise ValueError(f"Model names must be distinct, got {names}.")
   for config in configs:
-    train.validate(config)
+    experiment.validate(config)
   _check_shared(names, configs)
   mesh = make_mesh(num_devices, model_shards)
   data_mesh = parallel.make_mesh(num_devices)
@@ -239,7 +241,7 @@ def build(named_configs, num_devices: int | None = None,
     raise ValueError(f"Batch size {batch} is not divisible by the "
                      f"{data_devices} data devices (and "
                      f"{jax.process_count()} processes) of the mesh.")
-  runs = [train.setup(config, data_mesh) for config in configs]
+  runs = [experiment.setup(config, data_mesh) for config in configs]
   _check_same_steps(names, configs, runs)
   first, config = runs[0], configs[0]
   method = methods.get(config.method)
@@ -248,7 +250,7 @@ def build(named_configs, num_devices: int | None = None,
       resolve_batching(batching))
   image_shape = tuple(first.data.train[0]["image"].shape)
   init = jax.jit(
-      jax.vmap(functools.partial(train.init_state, first.model, first.tx,
+      jax.vmap(functools.partial(experiment.init_state, first.model, first.tx,
                                  image_shape=image_shape)),
       out_shardings=NamedSharding(mesh, P(MODEL_AXIS)))
   return Models(names, configs, runs, mesh, data_mesh, step, init)
@@ -343,14 +345,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 def _train_and_evaluate(config, workdir):
   named = expand(config)
   for _, cfg in named:  # Before anything is written.
-    train.validate(cfg)
+    experiment.validate(cfg)
   root = epath.Path(workdir)
   train._prepare_workdir(workdir, config)
   models = build(named, config.get("num_devices") or None,
                  config.get("num_model_shards", 1),
                  config.get("model_batching", "auto"))
   for cfg, run in zip(models.configs, models.runs):
-    train.check_test_set(cfg, run.data)
+    experiment.check_test_set(cfg, run.data)
   workdirs = [str(root / name) for name in models.names]
   for wd, cfg in zip(workdirs, models.configs):
     train._prepare_workdir(wd, cfg)
@@ -461,16 +463,10 @@ def _log_window(writers, history, done, total, lr, steps_per_sec, batch):
 
 def _evaluate_all(models: Models, workdirs, host_states) -> dict:
   """Stage 2 for each model, into its own workdir."""
-  # pylint: disable=g-import-not-at-top
-  if models.configs[0].data.name == "mvtec":
-    from oneclass_jax.mvtec import evaluate
-  else:
-    from oneclass_jax import evaluate
-  # pylint: enable=g-import-not-at-top
   results = {}
   for i, (name, config, run, wd) in enumerate(zip(
       models.names, models.configs, models.runs, workdirs)):
     state = unstack(host_states, i, models.data_mesh)
-    results[name] = evaluate.evaluate_state(config, wd, run.model, state,
-                                            run.data, models.data_mesh)
+    results[name] = evaluators.evaluate_state(config, wd, run.model, state,
+                                              run.data, models.data_mesh)
   return results

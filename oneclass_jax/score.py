@@ -23,7 +23,9 @@ from absl import flags
 from absl import logging
 
 from oneclass_jax import detectors
-from oneclass_jax import evaluate
+from oneclass_jax import embeddings
+from oneclass_jax import evaluators
+from oneclass_jax import experiment
 from oneclass_jax import files
 from oneclass_jax import parallel
 from oneclass_jax import provenance
@@ -82,10 +84,10 @@ def load_detector(workdir, name):
         f"No fitted detector {name!r} in {root}: run `python -m "
         f"oneclass_jax.evaluate --workdir={workdir} --detectors={name}`.")
   meta = files.read_json(root / "meta.json")
-  if meta.get("format") != evaluate.DETECTORS_FORMAT:
+  if meta.get("format") != evaluators.one_class.DETECTORS_FORMAT:
     raise ValueError(
         f"{root} holds detectors of format {meta.get('format', 1)}; this "
-        f"version scores with format {evaluate.DETECTORS_FORMAT} (scores "
+        f"version scores with format {evaluators.one_class.DETECTORS_FORMAT} (scores "
         "normalised by the fitted rows, cross-fitted thresholds): run "
         f"`python -m oneclass_jax.evaluate --workdir={workdir}` to refit them.")
   detector = pickle.loads(path.read_bytes())
@@ -99,7 +101,7 @@ def score_folder(workdir, folder, *, detector="kde", fpr=0.05):
     raise ValueError(f"--fpr must be in (0, 1), got {fpr}.")
   det, meta, heldout = load_detector(workdir, detector)
   mesh = parallel.make_mesh()
-  config, run, state = evaluate.restore_run(workdir, mesh)
+  config, run, state = experiment.restore_run(workdir, mesh)
   stale = provenance.differences(
       meta.get("identity"), provenance.identity(config, state, run.data.meta))
   if stale:
@@ -117,9 +119,9 @@ def score_folder(workdir, folder, *, detector="kde", fpr=0.05):
     raise ValueError(f"No readable image in {folder}:\n" +
                      "\n".join(problems))
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-  emb = evaluate.extract(run.model, variables, ImageList(images), mesh,
+  emb = embeddings.extract(run.model, variables, ImageList(images), mesh,
                          batch_size=config.eval.batch_size)
-  features = emb[evaluate.EMBEDDING_KEYS[meta["embedding"]]]
+  features = emb[embeddings.EMBEDDING_KEYS[meta["embedding"]]]
   scores = np.asarray(det.score(features), np.float64)
   threshold = detectors.threshold_at_fpr(heldout, fpr)
   rows = [(n, float(s), "anomalous" if s > threshold else "normal")

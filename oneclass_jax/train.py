@@ -1,9 +1,10 @@
 """Stage 1: train a self-supervised representation on one inlier class.
 
-`train_and_evaluate(config, workdir)` is the whole run: data, mesh, model,
-the per-device train step, checkpoints, metrics and, at the end, the stage-2
-evaluation (the paper reports last-epoch numbers). `main.py` is a thin shell
-around it; tests call it directly.
+`train_and_evaluate(config, workdir)` is the whole run: the experiment
+(`experiment.setup`: data, model, optimizer), the per-device train step,
+checkpoints, metrics and, at the end, the stage-2 evaluation of the config's
+task (`evaluators`; the paper reports last-epoch numbers). `main.py` is a thin
+shell around it; tests call it directly.
 
 The train step is a pure function `(state, images, rng) -> (state, metrics)`
 written for one device and run with `jax.shard_map` over the `data` mesh
@@ -14,12 +15,10 @@ contrastive negatives are gathered from every device.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 import math
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,43 +30,14 @@ from jax.sharding import PartitionSpec as P
 
 from oneclass_jax import checkpoint
 from oneclass_jax import config_lib
-from oneclass_jax import detectors
 from oneclass_jax import distributed
+from oneclass_jax import evaluators
+from oneclass_jax import experiment
 from oneclass_jax import files
 from oneclass_jax import methods
 from oneclass_jax import metric_writers
-from oneclass_jax import models
-from oneclass_jax import optim
 from oneclass_jax import parallel
-from oneclass_jax.data import one_class
 from oneclass_jax.data import pipeline
-from oneclass_jax.mvtec import data as mvtec_data
-
-
-def build_model(config, *, bn_axis_name=None):
-  """The Flax model the config asks for, with the method's extra parts."""
-  method = methods.get(config.method)
-  model_cfg = ml_collections.ConfigDict(config.model.to_dict())
-  del model_cfg["cross_replica_bn"]  # A property of the step, not the model.
-  if model_cfg.head_out_dim == 0:  # 0 in configs = no output layer (RotNet).
-    model_cfg.head_out_dim = None
-  model_cfg.num_classes = method.num_classes
-  model_cfg.decoder = method.decoder
-  model_cfg.bn_axis_name = bn_axis_name
-  return models.build_model(model_cfg)
-
-
-def init_state(model, tx, rng, image_shape):
-  """Fresh train state: a plain dict, replicated by the caller."""
-  variables = model.init(rng, jnp.zeros((2, *image_shape), jnp.float32),
-                         train=False)
-  params = variables["params"]
-  return {
-      "step": jnp.zeros((), jnp.int32),
-      "params": params,
-      "batch_stats": variables.get("batch_stats", {}),
-      "opt_state": tx.init(params),
-  }
 
 
 def make_loss_fn(model, method, config):
@@ -145,81 +115,6 @@ def shard_step(step_fn, mesh):
   return jax.jit(sharded, donate_argnums=(0,))
 
 
-@dataclasses.dataclass
-class Run:
-  """What training and evaluation both rebuild from a config."""
-  data: one_class.OneClassData
-  model: Any
-  tx: Any
-  schedule: Any
-  steps_per_epoch: int
-  total_steps: int
-  init_fn: Any  # rng -> replicated fresh state.
-
-
-def setup(config, mesh) -> Run:
-  """Data (the one-class protocol), model, optimizer and state initialiser."""
-  if config.data.name == "mvtec":
-    data = mvtec_data.make(config)  # Patches of one MVTec category.
-  else:
-    data = one_class.make(config.data)
-  steps_per_epoch = len(data.train) // config.batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f"The training set has {len(data.train)} images, fewer "
-                     f"than one batch of {config.batch_size}.")
-  total_steps = config_lib.num_train_steps(config, steps_per_epoch)
-  image_shape = tuple(data.train[0]["image"].shape)
-  if image_shape[0] != config.model.image_size:
-    raise ValueError(
-        f"Images of {config.data.name} are {image_shape}, but "
-        f"config.model.image_size is {config.model.image_size}; set "
-        f"--config.model.image_size={image_shape[0]}.")
-  bn_axis = parallel.AXIS if config.model.cross_replica_bn else None
-  model = build_model(config, bn_axis_name=bn_axis)
-  tx, schedule = optim.make_optimizer(config.optim, steps_per_epoch,
-                                      total_steps)
-  init_fn = jax.jit(functools.partial(init_state, model, tx,
-                                      image_shape=image_shape),
-                    out_shardings=parallel.replicated(mesh))
-  return Run(data, model, tx, schedule, steps_per_epoch, total_steps, init_fn)
-
-
-def validate(config) -> None:
-  """Fails early, with the fix, on settings that cannot work.
-
-  Everything that can be checked without the data is checked here, before
-  the workdir is touched or anything is compiled.
-  """
-  methods.get(config.method)
-  if config.batch_size <= 0:
-    raise ValueError(f"batch_size must be a positive number of images, got "
-                     f"{config.batch_size}.")
-  for name in ("log_every_steps", "checkpoint_every_steps"):
-    if config[name] <= 0:
-      raise ValueError(f"{name} must be >= 1 (steps), got {config[name]}.")
-  if config.keep_checkpoints < 0:
-    raise ValueError(f"keep_checkpoints must be >= 0 (0 = keep all), got "
-                     f"{config.keep_checkpoints}.")
-  _validate_eval(config)
-  if config.model.head_depth < 0 or config.model.head_width <= 0:
-    raise ValueError(
-        f"Head depth must be >= 0 and width > 0 (got depth "
-        f"{config.model.head_depth}, width {config.model.head_width}).")
-  if config.model.head_out_dim < 0:
-    raise ValueError(f"model.head_out_dim must be >= 0 (0 = no output "
-                     f"layer), got {config.model.head_out_dim}.")
-  if config.method == "contrastive_da" and config.data.dist_aug == "none":
-    raise ValueError("Method 'contrastive_da' needs a distribution "
-                     "augmentation: set config.data.dist_aug (e.g. 'rot90').")
-
-
-def _validate_eval(config) -> None:
-  if config.data.name == "mvtec":
-    return  # The patch evaluation has its own detectors (mvtec.*).
-  detectors.check_eval_settings(config.eval.detectors, config.eval.embedding,
-                                config.method)
-
-
 def check_workdir_name(workdir) -> str:
   """Refuses an empty --workdir (an unset shell variable, say)."""
   if workdir is None or not str(workdir).strip():
@@ -290,7 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   run on it fails at once, naming the first.
   """
   workdir = check_workdir_name(workdir)
-  validate(config)
+  experiment.validate(config)
   mesh = parallel.make_mesh(config.get("num_devices") or None)
   parallel.check_batch_size(config.batch_size, mesh)
   with primary_lock(workdir):
@@ -306,8 +201,8 @@ def primary_lock(workdir):
 
 
 def _train_and_evaluate(config, workdir, mesh):
-  run = setup(config, mesh)
-  check_test_set(config, run.data)
+  run = experiment.setup(config, mesh)
+  experiment.check_test_set(config, run.data)
   data, model, tx, schedule = run.data, run.model, run.tx, run.schedule
   steps_per_epoch, total_steps = run.steps_per_epoch, run.total_steps
   method = methods.get(config.method)
@@ -395,29 +290,7 @@ def _train_and_evaluate(config, workdir, mesh):
   if last_step < total_steps:
     return None  # A partial run (max_steps_this_run): no final evaluation.
 
-  # pylint: disable=g-import-not-at-top
-  if config.data.name == "mvtec":
-    from oneclass_jax.mvtec import evaluate
-  else:
-    from oneclass_jax import evaluate
-  # pylint: enable=g-import-not-at-top
-  return evaluate.evaluate_state(config, workdir, model, state, data, mesh)
-
-
-def check_test_set(config, data) -> None:
-  """Before training: the test set must allow an AUC (inliers and outliers)."""
-  counts = data.meta.get("counts", {})
-  if "test_inliers" not in counts:
-    return  # MVTec patches: checked by mvtec.data.
-  inliers, total = counts["test_inliers"], counts["test"]
-  if inliers == 0 or inliers == total:
-    missing = "inlier" if inliers == 0 else "outlier"
-    raise ValueError(
-        f"The test split of {config.data.name} has no {missing} images for "
-        f"inlier class {config.data.inlier_class} "
-        f"({data.meta.get('inlier_name', '')}): {inliers} of {total} test "
-        "images are inliers, so no AUC can be computed. Add a test/<class>/ "
-        "folder with images of that class and of others.")
+  return evaluators.evaluate_state(config, workdir, model, state, data, mesh)
 
 
 def run_until(config, start: int, total_steps: int) -> int:

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from oneclass_jax import evaluate
+from oneclass_jax import embeddings
+from oneclass_jax import evaluators
+from oneclass_jax import experiment
 from oneclass_jax import models
 from oneclass_jax import parallel
 from oneclass_jax import score
@@ -35,9 +37,9 @@ def test_extract_sharded_equals_single_device_for_odd_sizes():
   rng = np.random.default_rng(0)
   images = list(rng.integers(0, 256, (1001, 32, 32, 3), dtype=np.uint8))
   source = score.ImageList(images)
-  out8 = evaluate.extract(model, variables, source, parallel.make_mesh(8),
+  out8 = embeddings.extract(model, variables, source, parallel.make_mesh(8),
                           batch_size=96, rotations=True)
-  out1 = evaluate.extract(model, variables, source, parallel.make_mesh(1),
+  out1 = embeddings.extract(model, variables, source, parallel.make_mesh(1),
                           batch_size=50)
   assert out8["pools"].shape == (1001, 32) and out8["rot_logits"].shape == (
       4, 1001, 4)
@@ -58,7 +60,7 @@ def test_extract_sharded_equals_single_device_for_odd_sizes():
 
 
 def test_evaluate_workdir_rescoring(trained):
-  results = evaluate.evaluate_workdir(str(trained), ["kde", "gde"], "g")
+  results = evaluators.evaluate_workdir(str(trained), ["kde", "gde"], "g")
   saved = json.loads((trained / "results.json").read_text())
   assert saved["embedding"] == "g" and set(saved["auc"]) == {"kde", "gde"}
   assert saved["auc"] == results["auc"]
@@ -69,11 +71,11 @@ def test_evaluate_workdir_rescoring(trained):
 
 
 def test_score_cli_matches_evaluation(trained, folder, tmp_path):  # noqa: F811
-  results = evaluate.evaluate_workdir(str(trained), ["kde"], "f")
+  results = evaluators.evaluate_workdir(str(trained), ["kde"], "f")
   del results
   # Map every test image (lossless PNG) to the score the evaluation gave it.
   mesh = parallel.make_mesh()
-  config, run, state = evaluate.restore_run(str(trained), mesh)
+  config, run, state = experiment.restore_run(str(trained), mesh)
   del config, state
   eval_scores = np.load(trained / "scores.npz")["kde"]
   by_pixels = {run.data.test[i]["image"].tobytes(): eval_scores[i]
@@ -104,34 +106,34 @@ def test_embeddings_are_cached_per_step(trained, monkeypatch):
     assert arrays["fit/pools"].shape[0] == 48
     assert arrays["test/embeds"].shape[0] == 32
   calls = []
-  original = evaluate.extract
-  monkeypatch.setattr(evaluate, "extract",
+  original = embeddings.extract
+  monkeypatch.setattr(embeddings, "extract",
                       lambda *a, **k: calls.append(1) or original(*a, **k))
-  evaluate.evaluate_workdir(str(trained), ["kde"], "f")
+  evaluators.evaluate_workdir(str(trained), ["kde"], "f")
   assert not calls  # Served from the cache: the network did not run.
 
 
 def test_rotation_scores_in_results(trained):
   saved = json.loads((trained / "results.json").read_text())
   del saved
-  results = evaluate.evaluate_workdir(str(trained),
+  results = evaluators.evaluate_workdir(str(trained),
                                       ["kde", "rotation"], "f")
   assert {"kde", "rot_p0", "rot_sum"} == set(results["auc"])
 
 
 def test_errors(trained, tmp_path):
   with pytest.raises(FileNotFoundError, match="not a workdir"):
-    evaluate.evaluate_workdir(str(tmp_path))
+    evaluators.evaluate_workdir(str(tmp_path))
   (tmp_path / "config.json").write_text(
       (trained / "config.json").read_text())
   with pytest.raises(FileNotFoundError, match="No checkpoint"):
-    evaluate.evaluate_workdir(str(tmp_path))
+    evaluators.evaluate_workdir(str(tmp_path))
   with pytest.raises(ValueError, match="Unknown detector 'svdd'"):
-    evaluate.evaluate_workdir(str(trained), ["svdd"])
+    evaluators.evaluate_workdir(str(trained), ["svdd"])
   with pytest.raises(FileNotFoundError, match="No fitted detector 'knn'"):
     score.load_detector(str(trained), "knn")
   with pytest.raises(ValueError, match="NaN"):
-    evaluate.fit_and_score(["kde"], np.full((5, 3), np.nan), np.ones((2, 3)))
+    evaluators.one_class.fit_and_score(["kde"], np.full((5, 3), np.nan), np.ones((2, 3)))
 
 
 def test_contrastive_model_refuses_rotation_score(folder, tmp_path):  # noqa: F811

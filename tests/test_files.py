@@ -15,7 +15,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from oneclass_jax import evaluate
+from oneclass_jax import embeddings
+from oneclass_jax import evaluators
+from oneclass_jax import experiment
 from oneclass_jax import files
 from oneclass_jax import metric_writers
 from oneclass_jax import score
@@ -107,22 +109,22 @@ def test_gs_workdir_config_embeddings_detectors_results_metrics(
   rng = np.random.default_rng(0)
   config = ml_collections.ConfigDict({"method": "contrastive", "seed": 3})
   train._prepare_workdir(bucket, config)  # pylint: disable=protected-access
-  assert evaluate.load_config(bucket).to_dict() == config.to_dict()
+  assert experiment.load_config(bucket).to_dict() == config.to_dict()
 
   fit = {"pools": rng.normal(size=(20, 4)).astype(np.float32)}
   test = {"pools": rng.normal(size=(7, 4)).astype(np.float32)}
   ident = {"step": 5, "weights": "w", "config": "c", "data": "d"}
-  computed = evaluate.cached_embeddings(bucket, ident, lambda: (fit, test),
+  computed = embeddings.cached_embeddings(bucket, ident, lambda: (fit, test),
                                         need_rotations=False)
-  again = evaluate.cached_embeddings(
+  again = embeddings.cached_embeddings(
       bucket, ident, lambda: pytest.fail("recomputed"), need_rotations=False)
   np.testing.assert_array_equal(again[1]["pools"], computed[1]["pools"])
 
   det = kde.KDE().fit(fit["pools"])
   heldout = {"kde": rng.normal(size=5)}
-  evaluate.save_detectors(bucket, {"kde": det}, heldout, "f", ident)
+  evaluators.one_class.save_detectors(bucket, {"kde": det}, heldout, "f", ident)
   loaded, meta, held = score.load_detector(bucket, "kde")
-  assert meta == {"format": evaluate.DETECTORS_FORMAT, "embedding": "f",
+  assert meta == {"format": evaluators.one_class.DETECTORS_FORMAT, "embedding": "f",
                   "step": 5, "identity": ident, "detectors": ["kde"]}
   np.testing.assert_array_equal(held, heldout["kde"])
   np.testing.assert_allclose(loaded.score(test["pools"]),

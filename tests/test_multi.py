@@ -1,6 +1,6 @@
 """K models in one program (multi.py) against K runs trained alone.
 
-The reference for each model is the single-model path: `train.setup`, its
+The reference for each model is the single-model path: `experiment.setup`, its
 `init_fn`, its own `train_loader` and `train.shard_step` on a data mesh of the
 same per-model size, so per-device BatchNorm and the contrastive gather see
 the same shards.
@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from oneclass_jax import config_lib
-from oneclass_jax import evaluate
+from oneclass_jax import experiment
 from oneclass_jax import main as main_lib
 from oneclass_jax import methods
 from oneclass_jax import multi
@@ -50,7 +50,7 @@ def folder(tmp_path_factory):
 def _reference(configs, data_devices, steps):
   """Trains each model alone; returns [(params, per-step losses)]."""
   mesh = parallel.make_mesh(data_devices)
-  runs = [train.setup(config, mesh) for config in configs]
+  runs = [experiment.setup(config, mesh) for config in configs]
   # One compiled step serves every model: they share model and optimizer.
   step = train.shard_step(train.make_step_fn(
       runs[0].model, methods.get(configs[0].method), runs[0].tx, configs[0]),
@@ -154,7 +154,7 @@ def test_k_models_equal_single_runs_and_resume(folder, tmp_path):
     losses = [m["loss"] for m in read_metrics(wd)]
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
   # evaluate (and score, report) read a model's workdir as a single run's.
-  _, _, restored = evaluate.restore_run(str(workdir / "1_1"),
+  _, _, restored = experiment.restore_run(str(workdir / "1_1"),
                                         parallel.make_mesh(4))
   _close(restored["params"], final_params(workdir / "1_1")[1], 0, 0)
   # Different classes and seeds trained different models.
@@ -171,9 +171,9 @@ def test_bfloat16_switch_keeps_float32_parameters():
   for dtype in ("float32", "bfloat16"):
     config = tiny_config("contrastive", False)
     config.model.dtype = dtype
-    model = train.build_model(config)
+    model = experiment.build_model(config)
     tx = train.optim.make_optimizer(config.optim, 10, 100)[0]
-    state = train.init_state(model, tx, jax.random.key(0), (32, 32, 3))
+    state = experiment.init_state(model, tx, jax.random.key(0), (32, 32, 3))
     step = jax.jit(train.make_step_fn(model, methods.get(config.method), tx,
                                       config), static_argnums=3)
     images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3),

@@ -16,6 +16,7 @@ from PIL import Image
 import pytest
 from sklearn import metrics as sk_metrics
 
+from oneclass_jax import experiment
 from oneclass_jax import report
 import conftest
 from oneclass_jax import train
@@ -134,7 +135,7 @@ def test_configs_build_the_patch_sets(tile_root, name, method, copies):
   assert (config.mvtec.image_size, config.mvtec.patch_size,
           config.mvtec.stride) == (256, 32, 4)
   assert config.data.inlier_class == CATEGORY
-  train.validate(config)
+  experiment.validate(config)
   data = mvtec_data.make(config)
   per_image = config.mvtec.patches_per_image
   assert len(data.train) == WANTED["train/good"] * per_image * copies

@@ -11,7 +11,7 @@ import pytest
 from sklearn import metrics as sk_metrics
 
 from oneclass_jax.mvtec import data as mvtec_data
-from oneclass_jax.mvtec import evaluate as mvtec_evaluate
+from oneclass_jax.evaluators import mvtec_patches
 from oneclass_jax.mvtec import localize
 from oneclass_jax.mvtec import memory_bank
 from oneclass_jax.mvtec import patches
@@ -279,7 +279,7 @@ def test_detection_metrics_per_defect_against_sklearn():
     masks[n, r:r + 4, c:c + 3] = True
   maps = rng.normal(size=masks.shape) + 1.5 * masks
   scores = maps.reshape(10, -1).max(axis=1)
-  out = mvtec_evaluate.detection_metrics(labels, types, scores, masks, maps)
+  out = mvtec_patches.detection_metrics(labels, types, scores, masks, maps)
   for defect, rows in (("crack", slice(0, 8)),
                        ("fray", np.r_[0:5, 8:10])):
     got = out["per_defect"][defect]
@@ -295,6 +295,6 @@ def test_detection_metrics_per_defect_against_sklearn():
 
 def test_heatmap_indices_take_turns_over_defect_types():
   types = ["good", "good", "crack", "fray", "crack", "fray", "crack"]
-  assert mvtec_evaluate.heatmap_indices(types, 5) == [2, 3, 0, 4, 5]
-  assert mvtec_evaluate.heatmap_indices(types, 0) == []
-  assert sorted(mvtec_evaluate.heatmap_indices(types, 99)) == list(range(7))
+  assert mvtec_patches.heatmap_indices(types, 5) == [2, 3, 0, 4, 5]
+  assert mvtec_patches.heatmap_indices(types, 0) == []
+  assert sorted(mvtec_patches.heatmap_indices(types, 99)) == list(range(7))

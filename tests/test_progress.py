@@ -3,14 +3,14 @@ import logging
 
 import numpy as np
 
-from oneclass_jax import evaluate
+from oneclass_jax import evaluators
 from oneclass_jax import progress
 
 
 def test_detector_phases_are_logged_with_sizes(caplog):
   caplog.set_level(logging.INFO)
   rng = np.random.default_rng(0)
-  scores = evaluate.fit_and_score(["kde", "gde"], rng.normal(size=(20, 5)),
+  scores = evaluators.one_class.fit_and_score(["kde", "gde"], rng.normal(size=(20, 5)),
                                   rng.normal(size=(7, 5)))
   assert set(scores) == {"kde", "gde"} and scores["kde"].shape == (7,)
   text = caplog.text

@@ -20,7 +20,8 @@ from PIL import Image
 
 from oneclass_jax import checkpoint
 from oneclass_jax import config_lib
-from oneclass_jax import evaluate
+from oneclass_jax import embeddings
+from oneclass_jax import evaluators
 from oneclass_jax import files
 from oneclass_jax import metric_writers
 from oneclass_jax import provenance
@@ -42,7 +43,7 @@ from test_train import read_metrics
 def _fresh_aucs(workdir):
   """The AUCs of an evaluation that cannot use any cache."""
   shutil.rmtree(workdir / "embeddings")
-  return evaluate.evaluate_workdir(str(workdir))["auc"]
+  return evaluators.evaluate_workdir(str(workdir))["auc"]
 
 
 def test_retrained_workdir_does_not_reuse_old_embeddings(folder, tmp_path):  # noqa: F811
@@ -75,7 +76,7 @@ def test_edited_image_folder_is_reconverted_and_reembedded(folder, tmp_path):  #
                          sorted((data / "test" / "a").iterdir())):
     shutil.copy(src, target)
     os.utime(target, ns=(time.time_ns(), time.time_ns() + 1))
-  after = evaluate.evaluate_workdir(str(wd))
+  after = evaluators.evaluate_workdir(str(wd))
   assert after["identity"]["data"] != before["identity"]["data"]
   assert after["identity"]["weights"] == before["identity"]["weights"]
   assert after["auc"] != before["auc"]
@@ -100,13 +101,13 @@ def test_cache_without_identity_is_recomputed(tmp_path):
   (tmp_path / "embeddings").mkdir()
   (tmp_path / "embeddings" / "step_3.npz").write_bytes(files.npz_bytes(**old))
   new = ({"pools": np.ones((2, 2))}, {"pools": np.ones((3, 2))})
-  fit, _ = evaluate.cached_embeddings(tmp_path, ident, lambda: new,
+  fit, _ = embeddings.cached_embeddings(tmp_path, ident, lambda: new,
                                       need_rotations=False)
   np.testing.assert_array_equal(fit["pools"], 1)
   for changed in ("weights", "config", "data"):
     other = {**ident, changed: "x"}
     calls = []
-    evaluate.cached_embeddings(tmp_path, other,
+    embeddings.cached_embeddings(tmp_path, other,
                                lambda: calls.append(1) or new,
                                need_rotations=False)
     assert calls, changed
@@ -232,7 +233,7 @@ def test_results_json_is_written_after_scores_and_detectors(folder, tmp_path,  #
   def killed(*args, **kwargs):
     raise KeyboardInterrupt("killed while saving the detectors")
 
-  monkeypatch.setattr(evaluate, "save_detectors", killed)
+  monkeypatch.setattr(evaluators.one_class, "save_detectors", killed)
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(config, str(wd))
   assert (wd / "scores.npz").exists()
@@ -502,7 +503,7 @@ def test_mvtec_evaluate_refuses_flags_it_ignores(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps({"data": {"name":
                                                              "mvtec"}}))
   with pytest.raises(ValueError, match="do not apply to MVTec"):
-    evaluate.evaluate_workdir(str(tmp_path), ["kde"], None)
+    evaluators.evaluate_workdir(str(tmp_path), ["kde"], None)
 
 
 def test_no_checkpoint_is_reported_before_orbax_starts(tmp_path, monkeypatch):

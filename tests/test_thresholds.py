@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from oneclass_jax import detectors
-from oneclass_jax import evaluate
+from oneclass_jax import evaluators
 from oneclass_jax import score
 
 
@@ -20,7 +20,7 @@ def _inliers(rng, n, d=16):
 def test_realised_fpr_on_fresh_inliers_is_the_target(name):
   rng = np.random.default_rng(0)
   train, fresh = _inliers(rng, 4000), _inliers(rng, 20000)
-  heldout = evaluate.heldout_scores([name], train, seed=0)[name]
+  heldout = evaluators.one_class.heldout_scores([name], train, seed=0)[name]
   deployed = detectors.get(name).fit(train)
   fresh_scores = deployed.score(fresh)
   for fpr in (0.01, 0.05, 0.1):
@@ -32,11 +32,11 @@ def test_realised_fpr_on_fresh_inliers_is_the_target(name):
 def test_heldout_scores_are_out_of_sample_for_every_inlier():
   rng = np.random.default_rng(1)
   train = _inliers(rng, 50)
-  heldout = evaluate.heldout_scores(["knn"], train, seed=0, folds=5)["knn"]
+  heldout = evaluators.one_class.heldout_scores(["knn"], train, seed=0, folds=5)["knn"]
   # 1-NN distance in-sample is 0 (self-match); cross-fitted, never.
   assert heldout.shape == (50,) and (heldout > 1e-9).all()
   # Each row's score is its distance to the nearest row of other folds.
-  again = evaluate.heldout_scores(["knn"], train, seed=0, folds=5)["knn"]
+  again = evaluators.one_class.heldout_scores(["knn"], train, seed=0, folds=5)["knn"]
   np.testing.assert_array_equal(heldout, again)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from oneclass_jax import config_lib
+from oneclass_jax import experiment
 from oneclass_jax import methods
 from oneclass_jax import optim
 from oneclass_jax import parallel
@@ -38,10 +39,10 @@ def _setup(config, mesh_devices):
   mesh = parallel.make_mesh(mesh_devices)
   method = methods.get(config.method)
   bn_axis = parallel.AXIS if config.model.cross_replica_bn else None
-  model = train.build_model(config, bn_axis_name=bn_axis)
+  model = experiment.build_model(config, bn_axis_name=bn_axis)
   tx, _ = optim.make_optimizer(config.optim, 10, 100)
   step_fn = train.make_step_fn(model, method, tx, config)
-  state = train.init_state(model, tx, jax.random.key(0), (32, 32, 3))
+  state = experiment.init_state(model, tx, jax.random.key(0), (32, 32, 3))
   return mesh, step_fn, state
 
 
@@ -71,7 +72,7 @@ def _run_vmapped(config, batches):
   """
   _, _, state = _setup(config, 1)
   method = methods.get(config.method)
-  model = train.build_model(config, bn_axis_name=None)
+  model = experiment.build_model(config, bn_axis_name=None)
   tx, _ = optim.make_optimizer(config.optim, 10, 100)
   loss_fn = train.make_loss_fn(model, method, config)
 
@@ -154,17 +155,17 @@ def test_bad_head_and_method():
   config = tiny_config("contrastive", False)
   config.model.head_width = 0
   with pytest.raises(ValueError, match="width > 0"):
-    train.validate(config)
+    experiment.validate(config)
   config = tiny_config("contrastive", False)
   config.model.head_depth = -1
   with pytest.raises(ValueError, match="depth must be >= 0"):
-    train.validate(config)
+    experiment.validate(config)
   config = tiny_config("simclr", False)
   with pytest.raises(ValueError, match="Unknown method"):
-    train.validate(config)
+    experiment.validate(config)
   config = tiny_config("contrastive_da", False)
   with pytest.raises(ValueError, match="distribution augmentation"):
-    train.validate(config)
+    experiment.validate(config)
 
 
 def test_config_diff_names_fields():

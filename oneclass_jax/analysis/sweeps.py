@@ -48,9 +48,13 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from oneclass_jax import config_lib  # noqa: E402
-from oneclass_jax import evaluate  # noqa: E402
+from oneclass_jax import detectors  # noqa: E402
+from oneclass_jax import embeddings  # noqa: E402
+from oneclass_jax import evaluators  # noqa: E402
+from oneclass_jax import experiment  # noqa: E402
 from oneclass_jax import metrics  # noqa: E402
 from oneclass_jax import parallel  # noqa: E402
+from oneclass_jax import train  # noqa: E402
 from oneclass_jax.analysis import captions  # noqa: E402
 from oneclass_jax.analysis import uniformity  # noqa: E402
 
@@ -267,13 +271,13 @@ def analyze_run(workdir: str, *, mmd: bool = True, auc_g: bool = True,
                 mesh=None) -> dict:
   """Writes `<workdir>/analysis.json` (see the module docstring)."""
   mesh = mesh or parallel.make_mesh()
-  config, run, state = evaluate.restore_run(workdir, mesh)
+  config, run, state = experiment.restore_run(workdir, mesh)
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-  extract = lambda src: evaluate.extract(  # noqa: E731
+  extract = lambda src: embeddings.extract(  # noqa: E731
       run.model, variables, src, mesh, batch_size=config.eval.batch_size)
-  names = [n for n in config.eval.detectors if n != evaluate.ROTATION]
+  names = [n for n in config.eval.detectors if n != detectors.ROTATION]
   fit, test = extract(run.data.fit), extract(run.data.test)
-  labels = evaluate.labels_of(run.data.test)
+  labels = embeddings.labels_of(run.data.test)
   out: dict[str, Any] = {"detectors": names}
   if auc_g:
     out["auc_g"] = _aucs(names, fit["embeds"], test["embeds"], labels)
@@ -282,11 +286,11 @@ def analyze_run(workdir: str, *, mmd: bool = True, auc_g: bool = True,
     out["mmd2"] = {
         e: uniformity.uniformity_mmd2(test[k][inliers], seed=int(config.seed),
                                       max_points=mmd_points)
-        for e, k in evaluate.EMBEDDING_KEYS.items()}
+        for e, k in embeddings.EMBEDDING_KEYS.items()}
     out["mmd_points"] = int(min(mmd_points, inliers.sum()))
     out["mmd_bandwidth"] = uniformity.DEFAULT_BANDWIDTH
   if clean_fits:
-    key = evaluate.EMBEDDING_KEYS[config.eval.embedding]
+    key = embeddings.EMBEDDING_KEYS[config.eval.embedding]
     out["clean_fit"] = _clean_fits(run.data.fit, fit[key], test[key], labels,
                                    names, clean_fits, int(config.seed))
   _write_json(pathlib.Path(workdir) / ANALYSIS_FILE, out)
@@ -294,7 +298,7 @@ def analyze_run(workdir: str, *, mmd: bool = True, auc_g: bool = True,
 
 
 def _aucs(names, fit_features, test_features, labels) -> dict:
-  scores = evaluate.fit_and_score(names, fit_features, test_features)
+  scores = evaluators.one_class.fit_and_score(names, fit_features, test_features)
   return {n: float(metrics.auroc(labels, s)) for n, s in scores.items()}
 
 
@@ -358,7 +362,6 @@ def run_grid(specs: Sequence[RunSpec], root: str, *,
     The workdirs, in grid order.
   """
   if train_fn is None:
-    from oneclass_jax import train  # pylint: disable=g-import-not-at-top
     train_fn = train.train_and_evaluate
   names = [s.name for s in specs]
   if len(set(names)) != len(names):

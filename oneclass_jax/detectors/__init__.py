@@ -13,130 +13,19 @@ the raw representation.
 
 This package imports nothing from the training, data or model code.
 """
-import abc
-from typing import Callable, Optional
-import warnings
+from oneclass_jax.detectors import gaussian
+from oneclass_jax.detectors import kde
+from oneclass_jax.detectors import knn
+from oneclass_jax.detectors import ocsvm
+from oneclass_jax.detectors.base import check_features
+from oneclass_jax.detectors.base import Detector
+from oneclass_jax.detectors.base import l2_normalize
+from oneclass_jax.detectors.base import score_in_blocks
+from oneclass_jax.detectors.base import threshold_at_fpr
 
-import numpy as np
-
-# The shared helpers below are defined before the detector submodules are
-# imported (at the end of this file), because those submodules import them.
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-  """Rows of `x` divided by their L2 norm, in float64; all-zero rows stay 0."""
-  x = np.asarray(x, dtype=np.float64)
-  norms = np.linalg.norm(x, axis=-1, keepdims=True)
-  return x / np.where(norms > 0, norms, 1.0)
-
-
-def check_features(x, name: str) -> np.ndarray:
-  """Returns `x` as a 2-D float64 array, or raises ValueError.
-
-  Args:
-    x: features, [rows, dims].
-    name: what the array is ("train features", ...), used in the messages.
-
-  Raises:
-    ValueError: if `x` is not 2-D, is empty, or has rows with NaN/inf (the
-      message says how many, so a diverged model is caught before fitting).
-  """
-  x = np.asarray(x, dtype=np.float64)
-  if x.ndim != 2:
-    raise ValueError(f"{name} must be a 2-D [rows, dims] array, got shape "
-                     f"{x.shape}.")
-  if x.shape[0] == 0 or x.shape[1] == 0:
-    raise ValueError(f"{name} is empty (shape {x.shape}).")
-  bad_rows = int(np.count_nonzero(~np.isfinite(x).all(axis=1)))
-  if bad_rows:
-    raise ValueError(
-        f"{name}: {bad_rows} of {x.shape[0]} rows contain NaN or inf; the "
-        "representation has probably diverged. Fix the model or drop those "
-        "rows before fitting or scoring a detector.")
-  return x
-
-
-class Detector(abc.ABC):
-  """Base class: validates and (if `normalize`) L2-normalises features."""
-
-  name: str = ""
-  normalize: bool = True
-  # The rows of its train features a detector fitted on when it took a
-  # subset (None: all of them); evaluate writes their number to results.json.
-  fit_index_: Optional[np.ndarray] = None
-
-  def prepare(self, x, what: str) -> np.ndarray:
-    """Checks `x` and normalises it if this detector expects unit vectors."""
-    x = check_features(x, f"{self.name} {what}")
-    return l2_normalize(x) if self.normalize else x
-
-  def _check_fitted_dim(self, x: np.ndarray):
-    if not hasattr(self, "dim_"):
-      raise ValueError(f"{self.name}: call fit(train) before score(x).")
-    if x.shape[1] != self.dim_:
-      raise ValueError(f"{self.name}: test features have {x.shape[1]} dims "
-                       f"but the detector was fitted on {self.dim_}.")
-
-  @abc.abstractmethod
-  def fit(self, train) -> "Detector":
-    """Fits on [n, d] inlier features; returns self."""
-
-  @abc.abstractmethod
-  def score(self, x) -> np.ndarray:
-    """[m] float64 anomaly scores of [m, d] features (higher = anomalous)."""
-
-
-def score_in_blocks(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
-                    block: int) -> np.ndarray:
-  """Applies a row-wise jitted `fn` to `x` in blocks of `block` rows.
-
-  Blocks are balanced (sizes differ by at most one row) and the last one is
-  zero-padded to the common size, so `fn` is compiled once per call. Only one
-  block is on the accelerator at a time, so memory does not grow with the
-  number of rows.
-  """
-  m = x.shape[0]
-  num_blocks = -(-m // block)
-  block = -(-m // num_blocks)
-  out = np.empty(m, dtype=np.float64)
-  for start in range(0, m, block):
-    chunk = x[start:start + block]
-    rows = chunk.shape[0]
-    if rows < block:
-      chunk = np.concatenate(
-          [chunk, np.zeros((block - rows, x.shape[1]), chunk.dtype)])
-    out[start:start + rows] = np.asarray(fn(chunk), dtype=np.float64)[:rows]
-  return out
-
-
-def threshold_at_fpr(heldout_scores, fpr: float) -> float:
-  """The score above which a fraction `fpr` of normal data is flagged.
-
-  The (1 − fpr) quantile of out-of-sample inlier scores (evaluate's
-  cross-fitted held-out scores). Fewer than 10 / fpr of them put less than
-  about 10 scores above the threshold, so its realised rate is noisy: that
-  warns.
-  """
-  if not 0.0 < fpr < 1.0:
-    raise ValueError(f"fpr must be in (0, 1), got {fpr}.")
-  heldout_scores = np.asarray(heldout_scores, np.float64)
-  if heldout_scores.ndim != 1 or not len(heldout_scores):
-    raise ValueError("No held-out inlier scores to set a threshold from.")
-  if len(heldout_scores) < 10 / fpr:
-    warnings.warn(
-        f"Only {len(heldout_scores)} held-out normal scores back the "
-        f"threshold for fpr={fpr} (fewer than 10/fpr = {10 / fpr:.0f}): the "
-        "realised false-positive rate will be noisy; use more normal "
-        "training images or a larger fpr.")
-  return float(np.quantile(heldout_scores, 1.0 - fpr))
-
-
-# pylint: disable=wrong-import-position
-from oneclass_jax.detectors import gaussian  # noqa: E402
-from oneclass_jax.detectors import kde  # noqa: E402
-from oneclass_jax.detectors import knn  # noqa: E402
-from oneclass_jax.detectors import ocsvm  # noqa: E402
-# pylint: enable=wrong-import-position
+__all__ = ["check_features", "Detector", "l2_normalize", "score_in_blocks",
+           "threshold_at_fpr", "DETECTORS", "get", "ROTATION", "EMBEDDINGS",
+           "split_names", "check_eval_settings"]
 
 DETECTORS: dict[str, type] = {
     "kde": kde.KDE,

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import linalg
 from sklearn import covariance as sk_covariance
 
-from oneclass_jax import detectors as _det
+from oneclass_jax.detectors import base as _det
 
 
 class GDE(_det.Detector):

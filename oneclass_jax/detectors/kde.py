@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from oneclass_jax import detectors as _det
+from oneclass_jax.detectors import base as _det
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from oneclass_jax import detectors as _det
+from oneclass_jax.detectors import base as _det
 
 
 def max_cosine(queries, train, *, train_chunk: Optional[int] = None):

@@ -33,7 +33,7 @@ import warnings
 import numpy as np
 from sklearn import svm
 
-from oneclass_jax import detectors as _det
+from oneclass_jax.detectors import base as _det
 from oneclass_jax.detectors import kde
 
 # The authors' code fits every detector on at most 20,000 inliers.

@@ -1,7 +1,7 @@
 """MVTec-style data as 32 x 32 patches (paper Sec. 4.2, App. B.2).
 
 `make(config)` returns a `one_class.OneClassData` whose sets the trainer and
-`mvtec.evaluate` consume:
+`evaluators.mvtec_patches` consume:
 
 * `train`: random P x P crops of the train/good images resized to S x S
   (S = mvtec.image_size = 256, P = mvtec.patch_size = 32), records

@@ -1,6 +1,6 @@
 """Dense defect detection and localization (paper Sec. 4.2, App. B.2).
 
-`evaluate_state` is the MVTec counterpart of `oneclass_jax.evaluate`:
+`evaluate_state` is the MVTec counterpart of `evaluators.one_class`:
 
 1. Memory bank: embeddings f (or g, `eval.embedding`) of training patches on
    the evaluation grid, bounded by `mvtec.memory_bank`: 'full' (every patch),
@@ -19,7 +19,7 @@
    test images and per defect type (that type's images plus all good ones).
 
 It writes, to the workdir: `results.json` (the schema of
-`oneclass_jax.evaluate`, so `oneclass_jax.report` reads it, with
+`evaluators.one_class`, so `oneclass_jax.report` reads it, with
 auc = {image_kde, pixel_kde, aupro_kde} plus `per_defect`, `timing`,
 `memory_bank` and, with `eval.baselines`, the same metrics for raw-pixel
 patches and an untrained network), `scores.npz` (image labels and scores,
@@ -46,7 +46,7 @@ from jax.experimental import multihost_utils
 
 from oneclass_jax import config_lib
 from oneclass_jax import detectors
-from oneclass_jax import evaluate as image_evaluate
+from oneclass_jax import embeddings
 from oneclass_jax import files
 from oneclass_jax import metrics
 from oneclass_jax import parallel
@@ -63,15 +63,15 @@ def network_featurizer(model, variables, mesh, *, batch_size: int,
                        embedding: str = "f") -> Featurizer:
   """uint8 patches [n, P, P, 3] -> float32 [n, d] f (or g) of the model.
 
-  Runs `evaluate.make_embed_fn` (inference mode, sharded over the mesh) on
+  Runs `embeddings.make_embed_fn` (inference mode, sharded over the mesh) on
   global batches of `batch_size` rounded to the device count; the last batch
   is zero-padded, so one compilation serves every call. Each host feeds its
   slice of every global batch and gets the whole output back.
   """
-  if embedding not in image_evaluate.EMBEDDING_KEYS:
+  if embedding not in embeddings.EMBEDDING_KEYS:
     raise ValueError(f"Unknown embedding {embedding!r}; use 'f' or 'g'.")
-  key = image_evaluate.EMBEDDING_KEYS[embedding]
-  embed = image_evaluate.make_embed_fn(model, mesh, rotations=False)
+  key = embeddings.EMBEDDING_KEYS[embedding]
+  embed = embeddings.make_embed_fn(model, mesh, rotations=False)
   variables = parallel.replicate(variables, mesh)
   n_dev = mesh.devices.size
   batch = max(n_dev, batch_size // n_dev * n_dev)

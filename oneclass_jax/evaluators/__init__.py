@@ -1,0 +1,66 @@
+"""Stage-2 evaluators, one per task (`experiment.TASKS`), chosen from the config.
+
+`one_class`: detectors on embeddings of whole images, AUC per detector.
+`mvtec_patches`: dense patch scoring, detection and localization metrics.
+Each writes the run's `results.json` and its other outputs to the workdir.
+The trainer and `python -m oneclass_jax.evaluate` go through
+`evaluate_state` / `evaluate_workdir` here and never name a task.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from oneclass_jax import experiment
+from oneclass_jax import files
+from oneclass_jax import parallel
+from oneclass_jax.evaluators import mvtec_patches
+from oneclass_jax.evaluators import one_class
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+  # (config, workdir, model, state, data, mesh, **overrides) -> results.
+  evaluate_state: Callable[..., dict]
+  # Whether --detectors / --embedding can override the config's choice.
+  takes_detector_flags: bool
+
+
+EVALUATORS: dict[str, Evaluator] = {
+    "one_class": Evaluator(one_class.evaluate_state, True),
+    "mvtec_patches": Evaluator(mvtec_patches.evaluate_state, False),
+}
+
+
+def for_config(config) -> Evaluator:
+  return EVALUATORS[experiment.task_name(config)]
+
+
+def _overrides(config, detector_names, embedding) -> dict:
+  if not (detector_names or embedding):
+    return {}
+  if not for_config(config).takes_detector_flags:
+    raise ValueError(
+        "--detectors and --embedding do not apply to MVTec-style workdirs: "
+        "their patch detectors are set by the config's mvtec.* fields. Drop "
+        "those flags.")
+  return {"detector_names": detector_names, "embedding": embedding}
+
+
+def evaluate_state(config, workdir, model, state, data, mesh, *,
+                   detector_names=None, embedding=None) -> dict:
+  """Evaluates a trained state with the config's task's evaluator."""
+  overrides = _overrides(config, detector_names, embedding)
+  return for_config(config).evaluate_state(config, workdir, model, state,
+                                           data, mesh, **overrides)
+
+
+def evaluate_workdir(workdir: str, detector_names=None, embedding=None):
+  """Re-evaluates a workdir's newest intact checkpoint (workdir locked)."""
+  # Flags the task cannot honour fail before anything is restored.
+  _overrides(experiment.load_config(workdir), detector_names, embedding)
+  mesh = parallel.make_mesh()
+  with files.workdir_lock(workdir):
+    config, run, state = experiment.restore_run(workdir, mesh)
+    return evaluate_state(config, workdir, run.model, state, run.data, mesh,
+                          detector_names=detector_names, embedding=embedding)

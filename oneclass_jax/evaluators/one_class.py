@@ -1,0 +1,217 @@
+"""The one-class evaluator: embeddings -> one-class detectors -> AUCs.
+
+Extracts f (or g∘f) for the un-augmented inlier training set and the whole
+test set on every device, fits the detectors of Section 3.2 / Appendix A.1 and
+writes `results.json` (AUC per detector; outliers are the positive class),
+`scores.npz` and the fitted detectors with their threshold scores atomically
+to the workdir. `train_and_evaluate` calls `evaluate_state` at the end of
+training; `python -m oneclass_jax.evaluate` re-evaluates a workdir.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from oneclass_jax import config_lib
+from oneclass_jax import detectors
+from oneclass_jax import embeddings
+from oneclass_jax import files
+from oneclass_jax import metrics
+from oneclass_jax import progress
+from oneclass_jax import provenance
+from oneclass_jax.detectors import rotation_score
+
+# Folds of the cross-fitted held-out inlier scores behind the thresholds.
+THRESHOLD_FOLDS = 5
+# Version of detectors/: `score` refuses another one. 2: KDE and OC-SVM
+# scores normalised by the fitted rows, cross-fitted held-out scores.
+DETECTORS_FORMAT = 2
+ROTATION = detectors.ROTATION
+
+
+def fit_detectors(names, fit_features) -> dict:
+  # Each detector L2-normalises its input itself when it should (all but
+  # the linear OC-SVM, which the authors ran on raw f).
+  fitted = {}
+  for name in names:
+    with progress.phase("Fitting %s on %d x %d features", name,
+                        *np.shape(fit_features)):
+      fitted[name] = detectors.get(name).fit(fit_features)
+  return fitted
+
+
+def score_all(fitted: dict, features) -> dict:
+  """{detector: float64 anomaly scores of `features`}, each phase logged."""
+  scores = {}
+  for name, det in fitted.items():
+    with progress.phase("Scoring %d x %d features with %s",
+                        *np.shape(features), name):
+      scores[name] = np.asarray(det.score(features), np.float64)
+  return scores
+
+
+def fit_and_score(names, fit_features, test_features) -> dict:
+  """{detector: anomaly scores of the test set} for fitted detectors."""
+  return score_all(fit_detectors(names, fit_features), test_features)
+
+
+def heldout_scores(names, fit_features, seed,
+                   folds: int = THRESHOLD_FOLDS) -> dict:
+  """Out-of-sample scores of every inlier, by K-fold cross-fitting.
+
+  Each inlier is scored by detectors fitted on the other K − 1 folds. The
+  deployed detectors are fitted on all inliers (so `score` reproduces the
+  evaluation exactly); their threshold for a target false-positive rate is
+  the quantile of these scores, which needs no outlier. Every detector's
+  score is normalised by its number of fitted rows (KDE by n, OC-SVM by Σα),
+  so fold detectors and the deployed one score on the same scale
+  (tests/test_thresholds.py measures the realised rate on fresh inliers).
+  """
+  n = len(fit_features)
+  folds = max(2, min(folds, n))
+  fold_of = np.random.default_rng(seed).permutation(n) % folds
+  out = {name: np.empty(n) for name in names}
+  for k in range(folds):
+    held = fold_of == k
+    logging.info("Threshold fold %d of %d (%d held-out inliers)", k + 1,
+                 folds, int(held.sum()))
+    for name, s in fit_and_score(names, fit_features[~held],
+                                 fit_features[held]).items():
+      out[name][held] = s
+  return out
+
+
+def save_detectors(workdir, fitted: dict, heldout: dict, embedding: str,
+                   ident: dict) -> None:
+  """Pickles the fitted detectors and held-out scores for `score`.
+
+  The set is written to a fresh folder that then replaces the old one, so
+  `detectors/` always holds one evaluation's detectors, never a mix
+  (meta.json, written last, marks a complete set: files.write_dir_atomic).
+  """
+  contents = {f"{name}.pkl": pickle.dumps(det) for name, det in fitted.items()}
+  contents["heldout_scores.npz"] = files.npz_bytes(**heldout)
+  contents["meta.json"] = json.dumps({"format": DETECTORS_FORMAT,
+                                      "embedding": embedding,
+                                      "step": ident["step"],
+                                      "identity": ident,
+                                      "detectors": sorted(fitted)})
+  files.write_dir_atomic(files.path(workdir) / "detectors", contents)
+
+
+def _aucs(labels, scores: dict) -> dict:
+  return {name: float(metrics.auroc(labels, s)) for name, s in scores.items()}
+
+
+def evaluate_state(config, workdir, model, state, data, mesh, *,
+                   detector_names=None, embedding=None) -> dict:
+  """Scores the test set with every detector; writes results.json."""
+  embedding = embedding or config.eval.embedding
+  detector_names = detectors.check_eval_settings(
+      detector_names or config.eval.detectors, embedding, config.method)
+  fitted = [n for n in detector_names if n != ROTATION]
+  rotations = ROTATION in detector_names
+  if rotations and "logits" not in _output_keys(model, data):
+    raise ValueError("The 'rotation' score needs a rotation model "
+                     "(configs/rotation.py or configs/rotnet.py).")
+  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+  ident = provenance.identity(config, state, data.meta)
+  step = ident["step"]
+  extract_fn = functools.partial(embeddings.extract, model, variables, mesh=mesh,
+                                 batch_size=config.eval.batch_size)
+  fit_emb, test_emb = embeddings.cached_embeddings(
+      workdir, ident, lambda: (extract_fn(data.fit),
+                               extract_fn(data.test, rotations=rotations)),
+      need_rotations=rotations)
+  key = embeddings.EMBEDDING_KEYS[embedding]
+  for split, emb in (("fit", fit_emb), ("test", test_emb)):
+    detectors.check_features(emb[key], f"{split} embeddings ({embedding})")
+  test_labels = embeddings.labels_of(data.test)
+  fitted_dets = fit_detectors(fitted, fit_emb[key])
+  scores = score_all(fitted_dets, test_emb[key])
+  if rotations:
+    for name, s in rotation_score.rotation_scores(
+        test_emb["rot_logits"]).items():
+      scores[name] = np.asarray(s, np.float64)
+
+  results = {
+      "dataset": config.data.name,
+      "inlier_class": config.data.inlier_class,
+      "inlier_name": str(data.meta.get("inlier_name", "")),
+      "num_classes": int(data.meta.get("num_classes", 0)),
+      "method": config.get("method_label") or config.method,
+      "seed": int(config.seed),
+      "step": step,
+      "embedding": embedding,
+      "auc": _aucs(test_labels, scores),
+      "counts": {"fit": int(len(data.fit)), "test": int(len(data.test)),
+                 "test_outliers": int(test_labels.sum())},
+      # Detectors that fitted a subset of the fit set (OC-SVM above
+      # ocsvm.MAX_FIT_ROWS): rows used.
+      "fit_subsets": {name: int(len(det.fit_index_))
+                      for name, det in fitted_dets.items()
+                      if det.fit_index_ is not None},
+      "config": config_lib.to_dict(config),
+      "identity": ident,
+  }
+  if config.eval.baselines:
+    with progress.phase("Baselines (raw pixels, untrained network)"):
+      results["baselines"] = _baselines(config, model, data, mesh, fitted,
+                                        test_labels)
+  if jax.process_index() == 0:
+    # results.json last: a run that has it has its scores and detectors too
+    # (sweeps treat results.json as "finished").
+    files.write_atomic(files.path(workdir) / "scores.npz",
+                       files.npz_bytes(labels=test_labels, **scores))
+    with progress.phase("Held-out inlier scores for the thresholds"):
+      heldout = heldout_scores(fitted, fit_emb[key], config.seed)
+    save_detectors(workdir, fitted_dets, heldout, embedding, ident)
+    files.write_json(files.path(workdir) / "results.json", results)
+  _log_table(results)
+  return results
+
+
+def _baselines(config, model, data, mesh, names, test_labels) -> dict:
+  """The same detectors on raw pixels and on an untrained network."""
+  out = {}
+  fit_px = _pixels(data.fit)
+  test_px = _pixels(data.test)
+  out["raw_pixels"] = _aucs(test_labels, fit_and_score(names, fit_px, test_px))
+  image_shape = tuple(data.train[0]["image"].shape)
+  variables = model.init(jax.random.key(config.seed + 1),
+                         jnp.zeros((2, *image_shape)), train=False)
+  extract_fn = functools.partial(embeddings.extract, model, variables, mesh=mesh,
+                                 batch_size=config.eval.batch_size)
+  key = embeddings.EMBEDDING_KEYS[config.eval.embedding]
+  out["untrained"] = _aucs(test_labels, fit_and_score(
+      names, extract_fn(data.fit)[key], extract_fn(data.test)[key]))
+  return out
+
+
+def _pixels(source) -> np.ndarray:
+  return np.stack([np.asarray(source[i]["image"], np.float32).ravel() / 255.0
+                   for i in range(len(source))])
+
+
+def _output_keys(model, data):
+  image = jnp.zeros((1, *np.shape(data.test[0]["image"])), jnp.float32)
+  shapes = jax.eval_shape(
+      lambda: model.init_with_output(jax.random.key(0), image,
+                                     train=False)[0])
+  return set(shapes)
+
+
+def _log_table(results):
+  lines = [f"{'detector':<14} AUC"]
+  lines += [f"{k:<14} {100 * v:5.1f}" for k, v in results["auc"].items()]
+  for base, aucs in results.get("baselines", {}).items():
+    lines += [f"{base + ':' + k:<26} {100 * v:5.1f}" for k, v in aucs.items()]
+  logging.info("Results (%s class %s, step %d, embedding %s):\n%s",
+               results["dataset"], results["inlier_class"], results["step"],
+               results["embedding"], "\n".join(lines))
