@@ -7,9 +7,12 @@ Normality of a query x given train features y_1..y_n:
 and the anomaly score is −KDE_γ(x). The authors compute −(1/γ)·logsumexp(2γ x·y)
 on unit vectors, which differs from this by a constant (2 and (log n)/γ,
 `original_code.md` §6), so rankings and AUCs agree. The 1/n (which the
-paper's Eq. 6 leaves out as a constant) is kept so that a threshold set on
-scores of detectors fitted on part of the inliers (evaluate's cross-fitted
-held-out scores) transfers to the detector fitted on all of them.
+paper's Eq. 6 leaves out as a constant) is kept by the `KDE` detector so that
+a threshold set on scores of detectors fitted on part of the inliers (the
+evaluator's cross-fitted held-out scores) transfers to the detector fitted on
+all of them. It is added in float64 to the float32 sums, which keeps every
+score's order, and so every AUC, bit for bit what it was without it.
+`kde_score_fn` (for gradients) adds it too; `kde_log_density` leaves it out.
 
 Bandwidth (Appendix A.4 and the authors' code): γ = 10 / (d · Var(F)), with
 Var over ALL n·d entries of the L2-normalised train matrix F (population
@@ -80,7 +83,7 @@ def _log_density_centred(queries, train, train_sq, gamma, train_chunk):
   if train_chunk is None or train_chunk >= n:
     lse = jax.nn.logsumexp(-gamma * _sq_dists(queries, train, train_sq),
                            axis=1)
-    return (lse - jnp.log(n)) / gamma
+    return lse / gamma
   num_chunks = -(-n // train_chunk)
   pad = num_chunks * train_chunk - n
   # Padded train rows are excluded by `where`; the first chunk always holds
@@ -97,12 +100,12 @@ def _log_density_centred(queries, train, train_sq, gamma, train_chunk):
     return jax.nn.logsumexp(logits, axis=1, where=ok[None, :])
 
   per_chunk = jax.lax.map(one_chunk, (chunks, chunk_sq, valid))  # [c, m]
-  return (jax.nn.logsumexp(per_chunk, axis=0) - jnp.log(n)) / gamma
+  return jax.nn.logsumexp(per_chunk, axis=0) / gamma
 
 
 def kde_log_density(queries, train, gamma, *,
                     train_chunk: Optional[int] = None) -> jax.Array:
-  """KDE_γ(x) = (1/γ) log (1/n) Σ_j exp(−γ‖x − y_j‖²) for each query row.
+  """(1/γ) log Σ_j exp(−γ‖x − y_j‖²) for each query row: KDE_γ + (log n)/γ.
 
   A pure JAX function: jit-able and differentiable w.r.t. `queries` (and
   `train`). It does not normalise; pass features as the detector sees them.
@@ -160,8 +163,11 @@ def kde_score_fn(train, gamma: Optional[float] = None, *,
   def score(queries):
     if normalize:
       queries = _l2_normalize_jax(queries)
-    return -kde_log_density(queries, train, gamma, train_chunk=train_chunk)
+    # The detector's 1/n, so these scores equal `KDE.score`'s.
+    return (-kde_log_density(queries, train, gamma, train_chunk=train_chunk)
+            + log_n / gamma)
 
+  log_n = float(np.log(train.shape[0]))
   return score
 
 
@@ -211,4 +217,5 @@ class KDE(_det.Detector):
     fn = functools.partial(_score_block, centre=self._centre,
                            train_c=self._train, train_sq=self._train_sq,
                            gamma=self.gamma_, train_chunk=self.train_chunk)
-    return _det.score_in_blocks(fn, x.astype(np.float32), self.query_block)
+    scores = _det.score_in_blocks(fn, x.astype(np.float32), self.query_block)
+    return scores + np.log(self._train.shape[0]) / self.gamma_
