@@ -19,6 +19,7 @@ from oneclass_jax import experiment
 from oneclass_jax import main as main_lib
 from oneclass_jax import methods
 from oneclass_jax import multi
+from oneclass_jax import optim
 from oneclass_jax import parallel
 from oneclass_jax import train
 from oneclass_jax.data import pipeline
@@ -172,7 +173,7 @@ def test_bfloat16_switch_keeps_float32_parameters():
     config = tiny_config("contrastive", False)
     config.model.dtype = dtype
     model = experiment.build_model(config)
-    tx = train.optim.make_optimizer(config.optim, 10, 100)[0]
+    tx = optim.make_optimizer(config.optim, 10, 100)[0]
     state = experiment.init_state(model, tx, jax.random.key(0), (32, 32, 3))
     step = jax.jit(train.make_step_fn(model, methods.get(config.method), tx,
                                       config), static_argnums=3)
