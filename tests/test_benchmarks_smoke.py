@@ -43,8 +43,10 @@ def test_train_throughput_smoke(tmp_path):
 
 
 def test_gpu_benchmark_smoke(tmp_path, shared_data_dir):
-  del shared_data_dir  # The script finds ../shared/data itself.
+  # The fixture's folder (ONECLASS_SHARED_DATA or ../shared/data), not the
+  # script's own search, so a relocated data folder is the one tested.
   out = _run(["bash", "benchmarks/gpu_benchmark.sh", "--smoke",
+              f"--archive={shared_data_dir / 'cifar10_jpeg.tar.gz'}",
               f"--out={tmp_path / 'out'}"], tmp_path)
   for expected in ("| 1 (", "| 2 (", "Table 2, CIFAR-10 column",
                    "| mean |", "Report:"):

@@ -35,7 +35,7 @@ def test_heldout_scores_are_out_of_sample_for_every_inlier():
   heldout = evaluators.one_class.heldout_scores(["knn"], train, seed=0, folds=5)["knn"]
   # 1-NN distance in-sample is 0 (self-match); cross-fitted, never.
   assert heldout.shape == (50,) and (heldout > 1e-9).all()
-  # Each row's score is its distance to the nearest row of other folds.
+  # The folds are seeded: the same scores again.
   again = evaluators.one_class.heldout_scores(["knn"], train, seed=0, folds=5)["knn"]
   np.testing.assert_array_equal(heldout, again)
 
