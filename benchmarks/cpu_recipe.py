@@ -4,7 +4,7 @@ r"""The CPU recipe (configs/cifar10_cpu.py) on every CIFAR-10 class (issue #15).
       --cifar10_dir=/data/cifar10_jpeg --classes=0-9 --seed=0
   python benchmarks/cpu_recipe.py --report_only
 
-Trains and evaluates one class after another with `train.train_and_evaluate`
+Trains and evaluates one class after another with `single.train_and_evaluate`
 (the code `oneclass_jax.main` runs). Resumable: a class whose results.json
 exists is skipped, a killed class resumes from its last checkpoint. Every
 attempt appends a line to `<workdir>/attempts.jsonl` (UTC start and end, wall
@@ -64,7 +64,7 @@ def _load() -> str:
 def run_all(root: pathlib.Path) -> None:
   # pylint: disable=g-import-not-at-top
   from oneclass_jax import config_lib
-  from oneclass_jax import train
+  from oneclass_jax.trainer import single
   from oneclass_jax.analysis import sweeps
   # pylint: enable=g-import-not-at-top
   if not FLAGS.cifar10_dir:
@@ -86,7 +86,7 @@ def run_all(root: pathlib.Path) -> None:
                    "XLA_FLAGS", "")}
     t0 = time.perf_counter()
     try:
-      train.train_and_evaluate(config, str(wd))
+      single.train_and_evaluate(config, str(wd))
     finally:
       attempt.update(
           end=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -3,7 +3,7 @@ r"""Table 2 at CPU scale: every method × detector on Fashion-MNIST and CIFAR-10
   python benchmarks/cpu_reproduction.py --root=/tmp/oneclass_repro \
       --datasets=fashion_mnist,cifar10 --cifar10_archive=../shared/data/cifar10_jpeg.tar.gz
 
-Runs `train.train_and_evaluate` for each (dataset, class, method) at a reduced
+Runs `single.train_and_evaluate` for each (dataset, class, method) at a reduced
 scale (below), one after another; a run whose results.json exists is not redone,
 so the command resumes after an interruption. Then writes the comparison with
 the paper's Table 2 (and Table 7's random-network rows) to
@@ -103,7 +103,7 @@ def cifar10_folder(root: pathlib.Path) -> pathlib.Path:
 
 
 def run_all(root: pathlib.Path) -> None:
-  from oneclass_jax import train  # pylint: disable=g-import-not-at-top
+  from oneclass_jax.trainer import single  # pylint: disable=g-import-not-at-top
   for dataset in FLAGS.datasets:
     source = cifar10_folder(root) if dataset == "cifar10" else None
     # Class-major: an interrupted sweep leaves every method on the same
@@ -115,7 +115,7 @@ def run_all(root: pathlib.Path) -> None:
           continue
         config = scaled_config(method, dataset, int(cls), source)
         t0 = time.perf_counter()
-        train.train_and_evaluate(config, str(workdir))
+        single.train_and_evaluate(config, str(workdir))
         wall = time.perf_counter() - t0
         (workdir / "wall_seconds.txt").write_text(f"{wall}")
         # The XLA:CPU setting of the run, for the report (which may run in

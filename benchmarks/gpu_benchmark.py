@@ -41,9 +41,10 @@ from absl import app
 from absl import flags
 import jax
 
-from oneclass_jax import multi
 from oneclass_jax.data import one_class
 from oneclass_jax.data import sources
+from oneclass_jax.trainer import multi
+from oneclass_jax.trainer import step as step_lib
 
 # train_throughput.py sits beside this file.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -167,7 +168,7 @@ def throughput(rep, clock, common, peaks, ks, smoke):
              "img_s": k * batch / step_s, "img_s_per_model": batch / step_s,
              "tflop_per_step": flops / 1e12,
              "tflop_s": flops / step_s / 1e12, "compile_s": compile_s,
-             "batching": multi.resolve_batching(config.model_batching)}
+             "batching": step_lib.resolve_batching(config.model_batching)}
       row["fraction_of_bf16_peak"] = row["tflop_s"] * 1e12 / peaks["bfloat16"]
       pipe, e2e = "-", "-"
       if k == largest:

@@ -7,7 +7,7 @@ Two parts, printed as Markdown (and saved as JSON in --workdir):
 
 1. Methods. Each stage-1 method (rotation with MLP head, contrastive,
    contrastive with distribution augmentation) is trained through
-   `train.train_and_evaluate` with its configs/mvtec_*.py at a reduced scale
+   `single.train_and_evaluate` with its configs/mvtec_*.py at a reduced scale
    and evaluated densely (image AUROC, pixel AUROC, AUPRO, per defect type),
    beside the same pipeline on raw-pixel patches and on an untrained network
    (`eval.baselines`). Wall time per test image for embedding and scoring
@@ -39,16 +39,17 @@ import ml_collections
 import numpy as np
 
 from oneclass_jax import checkpoint
+from oneclass_jax.detectors import kde
+from oneclass_jax.evaluators import mvtec_patches
 from oneclass_jax import experiment
 from oneclass_jax import metrics
-from oneclass_jax import parallel
-from oneclass_jax import train
-from oneclass_jax.detectors import kde
 from oneclass_jax.mvtec import data as mvtec_data
-from oneclass_jax.evaluators import mvtec_patches
 from oneclass_jax.mvtec import localize
 from oneclass_jax.mvtec import memory_bank
 from oneclass_jax.mvtec import patches
+from oneclass_jax import parallel
+from oneclass_jax.trainer import single
+from oneclass_jax import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "data" / "magnetic_tile_mvtec_layout.tar.gz"
@@ -146,7 +147,7 @@ def run_methods(root, workdir, smoke) -> dict:
   for method in METHODS:
     config = method_config(method, root, smoke)
     start = time.perf_counter()
-    results = train.train_and_evaluate(config, str(workdir / method))
+    results = single.train_and_evaluate(config, str(workdir / method))
     results["wall_seconds"] = time.perf_counter() - start
     out[method] = results
   return out
@@ -266,7 +267,7 @@ def _stride_rows(featurize, train_images, test, bank_size, pool,
 
 def _restore_rotation(workdir, root, mesh):
   """The trained rotation run, reading its data from `root`."""
-  config = experiment.load_config(str(workdir / "rotation"))
+  config = workdir_lib.load_config(str(workdir / "rotation"))
   config.mvtec.root = str(root)  # The earlier run's data folder may be gone.
   run = experiment.setup(config, mesh)
   abstract = checkpoint.abstract(jax.eval_shape(run.init_fn,

@@ -53,8 +53,9 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
-from oneclass_jax import multi
 from oneclass_jax.analysis import sweeps
+from oneclass_jax.trainer import multi
+from oneclass_jax.trainer import step as step_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -275,7 +276,7 @@ def benchmark(config, *, steps, window, warmup, pipeline_batches,
   flops = devices * sum(gemm_flops(g) for g in ops)
   row = {
       "method": config.method, "models": k, "dtype": config.model.dtype,
-      "batching": multi.resolve_batching(config.model_batching),
+      "batching": step_lib.resolve_batching(config.model_batching),
       "width": config.model.width, "batch": batch, "devices": devices,
       "compile_s": compile_s, "step_s": step_s,
       "img_s": k * batch / step_s, "img_s_per_model": batch / step_s,
@@ -353,7 +354,7 @@ def _define_flags():
                        "contrastive, 64 rotation).")
   flags.DEFINE_integer("num_devices", 1, "Devices (0 = all).")
   flags.DEFINE_integer("model_shards", 1, "Devices along the model axis.")
-  flags.DEFINE_enum("batching", "auto", list(multi.BATCHING),
+  flags.DEFINE_enum("batching", "auto", list(step_lib.BATCHING),
                     "How the K models share a device (multi.py).")
   flags.DEFINE_string("dataset", "cifar10", "Dataset name.")
   flags.DEFINE_string("source_dir", "", "Local source (e.g. the unpacked "

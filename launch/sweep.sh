@@ -18,7 +18,7 @@ configs/METHOD.py); blank lines and `#` comments are ignored. Job i trains
 A job whose workdir holds results.json is finished and skipped, so a sweep
 restarted after a kill or a preemption redoes only the unfinished jobs, each
 resuming from its last checkpoint. The check runs
-`python3 -m oneclass_jax.distributed unfinished` here (gs:// needs gcsfs).
+`python3 -m oneclass_jax.tools.unfinished` here (gs:// needs gcsfs).
 
 Options:
   --jobs=FILE          the job list (required)
@@ -117,7 +117,7 @@ done <"$jobs_file"
 # SIGPIPE'd printf (grep quits at the first match) as "not found" and so
 # skipped unfinished jobs at random.
 open_list=$(cd "$here/.." &&
-  "$python" -m oneclass_jax.distributed unfinished "${workdirs[@]}") ||
+  "$python" -m oneclass_jax.tools.unfinished "${workdirs[@]}") ||
   die "could not check which jobs are finished (error above)"
 declare -A is_open=()
 while IFS= read -r dir; do

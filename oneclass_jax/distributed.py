@@ -22,17 +22,12 @@ preemption.
 * `failure_exit()`: when one process of a multi-process run fails (often
   because another one died), logs what to do and exits at once instead of
   waiting for the runtime's shutdown barrier.
-* `results_exist()` / `python -m oneclass_jax.distributed unfinished DIR...`:
-  a workdir is finished when it holds `results.json` (written last and
-  atomically by the evaluation); sweeps skip finished jobs with it. Paths may
-  be local or `gs://` (etils.epath; gs:// needs `gcsfs`).
 
 CPU collectives between processes go through gloo, the default of
 `jax_cpu_collectives_implementation` in JAX 0.10; no setting is needed.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -42,7 +37,6 @@ from typing import Optional
 
 import jax
 from absl import logging
-from etils import epath
 from jax.experimental import multihost_utils
 
 ENABLE = "ONECLASS_JAX_DISTRIBUTED"
@@ -57,9 +51,6 @@ HEARTBEAT_TIMEOUT = "ONECLASS_JAX_HEARTBEAT_TIMEOUT_S"
 PREEMPTED_EXIT_CODE = 143
 # Exit status of a process that left a failed multi-process run.
 FAILED_EXIT_CODE = 1
-
-RESULTS_FILE = "results.json"
-
 
 def _int_var(environ: Mapping[str, str], name: str, minimum: int) -> int:
   value = environ.get(name, "")
@@ -205,32 +196,3 @@ def failure_exit(error: BaseException) -> None:
   sys.stdout.flush()
   sys.stderr.flush()
   os._exit(FAILED_EXIT_CODE)  # pylint: disable=protected-access
-
-
-def results_exist(workdir: str) -> bool:
-  """True when `workdir` holds a complete `results.json` (local or gs://)."""
-  path = epath.Path(workdir) / RESULTS_FILE
-  try:
-    return "auc" in json.loads(path.read_text())
-  except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
-    return False
-
-
-def unfinished(workdirs) -> list[str]:
-  """The workdirs, in order, that do not hold results yet."""
-  return [w for w in workdirs if not results_exist(w)]
-
-
-def main(argv) -> int:
-  """Prints the DIRs of `unfinished DIR...` that have no results yet."""
-  if len(argv) < 2 or argv[1] != "unfinished":
-    print("usage: python -m oneclass_jax.distributed unfinished DIR...",
-          file=sys.stderr)
-    return 2
-  for workdir in unfinished(argv[2:]):
-    print(workdir)
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main(sys.argv))

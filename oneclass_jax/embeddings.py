@@ -20,6 +20,7 @@ from oneclass_jax import files
 from oneclass_jax import parallel
 from oneclass_jax import progress
 from oneclass_jax import provenance
+from oneclass_jax import workdir as workdir_lib
 from oneclass_jax.data import augment
 from oneclass_jax.data import pipeline
 
@@ -106,7 +107,7 @@ def cached_embeddings(workdir, ident: dict, compute, *, need_rotations):
   embedding does not run the network again, and a cache made by anything
   else (a retrained workdir, an edited image folder) is rebuilt.
   """
-  path = files.path(workdir) / "embeddings" / f"step_{ident['step']}.npz"
+  path = files.path(workdir) / workdir_lib.EMBEDDINGS / f"step_{ident['step']}.npz"
   if path.exists():
     arrays = files.load_npz(path)
     saved = (json.loads(str(arrays.pop("identity")))

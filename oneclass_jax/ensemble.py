@@ -45,11 +45,10 @@ import numpy as np
 from oneclass_jax import config_lib
 from oneclass_jax import files
 from oneclass_jax import metrics
+from oneclass_jax import workdir as workdir_lib
 from oneclass_jax.analysis import captions
 from oneclass_jax.detectors import ensemble as ensemble_lib
 
-RESULTS_FILE = "results.json"
-SCORES_FILE = "scores.npz"
 # Fields that do not tell settings apart: the task (dataset, class), the
 # seeds, and what never changes the trained representation.
 _IGNORED = set(config_lib.RESUMABLE_FIELDS) | {
@@ -89,25 +88,17 @@ def family_key(config: dict) -> str:
 def load_models(root, detector: str) -> list[Model]:
   """Every run under `root` with results.json and scores.npz."""
   models = []
-  for path in sorted(pathlib.Path(root).rglob(RESULTS_FILE)):
-    scores_path = path.parent / SCORES_FILE
-    if not scores_path.exists():
-      continue
-    results = json.loads(path.read_text())
-    with np.load(scores_path) as npz:
-      if detector not in npz.files:
-        raise ValueError(f"{scores_path} has no scores of {detector!r} "
-                         f"(it has {sorted(set(npz.files) - {'labels'})}); "
-                         "pick --detector among those.")
-      labels, scores = npz["labels"], npz[detector]
-    config = results["config"]
-    models.append(Model(path.parent, (results["dataset"],
-                                      results["inlier_class"]),
-                        int(results["seed"]), family_key(config), config,
-                        np.asarray(labels), np.asarray(scores, np.float64)))
-  if not models:
-    raise FileNotFoundError(f"No run with {RESULTS_FILE} and {SCORES_FILE} "
-                            f"under {root}.")
+  for run in workdir_lib.find_runs(root, with_scores=True):
+    scores = run.scores()
+    if detector not in scores:
+      raise ValueError(f"{run.path / workdir_lib.SCORES} has no scores of "
+                       f"{detector!r} (it has "
+                       f"{sorted(set(scores) - {'labels'})}); pick "
+                       "--detector among those.")
+    models.append(Model(run.path, (run.dataset, run.inlier_class), run.seed,
+                        family_key(run.config), run.config,
+                        np.asarray(scores["labels"]),
+                        np.asarray(scores[detector], np.float64)))
   return models
 
 

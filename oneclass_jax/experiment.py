@@ -1,6 +1,6 @@
 """Experiment setup: a config -> its task, data, model, optimizer, state.
 
-Training (`train.py`, `multi.py`) and the evaluators rebuild the same
+Training (`trainer/`) and the evaluators rebuild the same
 experiment from a config, so it lives here, below both: the trainer and the
 evaluators import this module, never each other.
 
@@ -25,7 +25,7 @@ import ml_collections
 from oneclass_jax import checkpoint
 from oneclass_jax import config_lib
 from oneclass_jax import detectors
-from oneclass_jax import files
+from oneclass_jax import workdir as workdir_lib
 from oneclass_jax import methods
 from oneclass_jax import models
 from oneclass_jax import optim
@@ -183,17 +183,9 @@ def validate(config) -> None:
                      "augmentation: set config.data.dist_aug (e.g. 'rot90').")
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = files.path(workdir) / "config.json"
-  if not path.exists():
-    raise FileNotFoundError(f"{path} not found: {workdir!r} is not a "
-                            "workdir written by `oneclass_jax.main`.")
-  return ml_collections.ConfigDict(files.read_json(path))
-
-
 def restore_run(workdir: str, mesh):
   """(config, run, state) of a workdir's latest checkpoint."""
-  config = load_config(workdir)
+  config = workdir_lib.load_config(workdir)
   run = setup(config, mesh)
   abstract = checkpoint.abstract(jax.eval_shape(run.init_fn,
                                                 jax.random.key(0)))

@@ -57,6 +57,7 @@ from oneclass_jax import embeddings
 from oneclass_jax import experiment
 from oneclass_jax import files  # noqa: E402
 from oneclass_jax import parallel  # noqa: E402
+from oneclass_jax import workdir as workdir_lib  # noqa: E402
 from oneclass_jax.analysis import captions  # noqa: E402
 from oneclass_jax.analysis import gradients  # noqa: E402
 from oneclass_jax.data import augment  # noqa: E402
@@ -65,7 +66,6 @@ from oneclass_jax.detectors import kde  # noqa: E402
 from oneclass_jax.models import resnet  # noqa: E402
 
 METHODS = ("ig", "gradcam")
-RESULTS_FILE = "results.json"
 NUM_ROTATIONS = 4
 
 
@@ -363,9 +363,8 @@ def render(images: np.ndarray, row_labels: Sequence[str],
 def _results_note(loaded: Sequence[Loaded]) -> str:
   parts = []
   for item in loaded:
-    path = pathlib.Path(item.workdir) / RESULTS_FILE
-    if path.exists():
-      auc = json.loads(path.read_text())["auc"]
+    if workdir_lib.finished(item.workdir):
+      auc = workdir_lib.Results.read(item.workdir).auc
       shown = {k: v for k, v in auc.items() if k in ("kde", "rot_sum")}
       parts.append(f"{_model_name(item)}: " + ", ".join(
           f"{k} AUC {100 * v:.1f}" for k, v in sorted(shown.items())))

@@ -4,9 +4,9 @@ r"""Stage 1 (and the final stage-2 evaluation) from the command line.
       --workdir=/tmp/run --config.total_epochs=64
 
 Kept deliberately thin: flags, optional multi-host initialisation, then
-`train.train_and_evaluate(config, workdir)`, or, when the config lists several
-classes, seeds or dist_aug sets, `multi.train_and_evaluate` (K models in one
-program, one workdir each below --workdir):
+`trainer.train_and_evaluate(config, workdir)`: one model, or, when the config
+lists several classes, seeds or dist_aug sets, K models in one program, one
+workdir each below --workdir:
 
   python -m oneclass_jax.main --config=configs/contrastive_da.py \
       --config.data.inlier_classes=0-9 --config.seeds=0-4 --workdir=/tmp/runs
@@ -20,8 +20,7 @@ import jax
 from ml_collections import config_flags
 
 from oneclass_jax import distributed
-from oneclass_jax import multi
-from oneclass_jax import train
+from oneclass_jax import trainer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
@@ -29,13 +28,6 @@ config_flags.DEFINE_config_file(
     "config", None, "Training configuration (a configs/*.py file).",
     lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def run(config, workdir):
-  """One model (train.py), or several classes / seeds at once (multi.py)."""
-  if multi.is_multi(config):  # --config.data.inlier_classes=0-9 etc.
-    return multi.train_and_evaluate(config, workdir)
-  return train.train_and_evaluate(config, workdir)
 
 
 def main(argv):
@@ -52,7 +44,7 @@ def main(argv):
                jax.process_index(), jax.process_count(), jax.default_backend(),
                jax.local_device_count(), jax.local_devices())
   try:
-    run(FLAGS.config, FLAGS.workdir)
+    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except Exception as e:  # pylint: disable=broad-except
     distributed.failure_exit(e)  # Multi-process: logs the fix and exits.
     raise

@@ -30,7 +30,6 @@ import collections
 import csv
 import dataclasses
 import io
-import json
 import math
 import os
 import pathlib
@@ -47,94 +46,17 @@ import numpy as np
 
 from oneclass_jax import metrics
 from oneclass_jax import paper
+from oneclass_jax import workdir as workdir_lib
+from oneclass_jax.workdir import Results
 
 _OUT = flags.DEFINE_string(
     "out", None, "Directory for report.md, CSVs and figures; default: print "
     "the Markdown to stdout.")
 
-RESULTS_FILE = "results.json"
-SCORES_FILE = "scores.npz"
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-  """One results.json: the AUCs of one trained model on one task."""
-  path: pathlib.Path
-  dataset: str
-  inlier_class: int | str
-  num_classes: int
-  method: str
-  seed: int
-  step: int
-  embedding: str
-  auc: dict[str, float]
-
-  @property
-  def task_key(self):
-    return (self.dataset, self.inlier_class, self.method, self.embedding,
-            self.seed)
-
-
-def _is_int(v) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
-
-
-_SCHEMA: dict[str, Callable[[object], bool]] = {
-    "dataset": lambda v: isinstance(v, str) and bool(v),
-    "inlier_class": lambda v: _is_int(v) or isinstance(v, str),
-    "num_classes": lambda v: _is_int(v) and v > 0,
-    "method": lambda v: isinstance(v, str) and bool(v),
-    "seed": _is_int,
-    "step": _is_int,
-    "embedding": lambda v: v in ("f", "g"),
-    "auc": lambda v: isinstance(v, dict) and bool(v),
-}
-
-
-def load_run(path) -> Run:
-  """Reads and validates one results.json."""
-  path = pathlib.Path(path)
-  try:
-    record = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON: {e}") from e
-  if not isinstance(record, dict):
-    raise ValueError(f"{path}: expected a JSON object.")
-  for key, ok in _SCHEMA.items():
-    if key not in record:
-      raise ValueError(f"{path}: missing key {key!r}; results.json must hold "
-                       f"{sorted(_SCHEMA)}.")
-    if not ok(record[key]):
-      raise ValueError(f"{path}: invalid {key!r} = {record[key]!r}.")
-  for name, value in record["auc"].items():
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or
-        not 0.0 <= value <= 1.0):
-      raise ValueError(f"{path}: auc[{name!r}] = {value!r} is not a number "
-                       "in [0, 1].")
-  return Run(path=path, auc={k: float(v) for k, v in record["auc"].items()},
-             **{k: record[k] for k in _SCHEMA if k != "auc"})
-
-
-def find_results(dirs: Sequence) -> list[pathlib.Path]:
-  """All results.json under `dirs` (recursively), sorted."""
-  found = []
-  for d in dirs:
-    d = pathlib.Path(d)
-    if not d.is_dir():
-      raise FileNotFoundError(f"{d} is not a directory.")
-    found.extend(d.rglob(RESULTS_FILE))
-  return sorted(set(found))
-
-
-def load_runs(dirs: Sequence) -> list[Run]:
+def load_runs(dirs: Sequence) -> list[Results]:
   """Valid runs under `dirs`, one per task (the latest step wins)."""
-  paths = find_results(dirs)
-  if not paths:
-    raise FileNotFoundError(f"No {RESULTS_FILE} under {list(map(str, dirs))}; "
-                            "run `python -m oneclass_jax.evaluate` first.")
-  latest: dict[tuple, Run] = {}
-  for path in paths:
-    run = load_run(path)
+  latest: dict[tuple, Results] = {}
+  for run in workdir_lib.find_runs(dirs):
     prev = latest.get(run.task_key)
     if prev is not None and prev.step == run.step:
       raise ValueError(f"{prev.path} and {run.path} both hold step "
@@ -169,7 +91,7 @@ class Report:
   overall: list[dict]
 
 
-def aggregate(runs: Sequence[Run]) -> Report:
+def aggregate(runs: Sequence[Results]) -> Report:
   """Per-class, per-dataset and class-weighted overall AUC statistics."""
   # (dataset, method, embedding, detector) -> class -> seed -> AUC×100
   groups = collections.defaultdict(lambda: collections.defaultdict(dict))
@@ -335,7 +257,7 @@ def _atomic_write(path: pathlib.Path, write: Callable[[str], None]):
       tmp.unlink()
 
 
-def _task_name(run: Run) -> str:
+def _task_name(run: Results) -> str:
   name = (f"{run.dataset}_{run.inlier_class}_{run.method}_{run.embedding}"
           f"_seed{run.seed}")
   return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
@@ -355,9 +277,9 @@ def load_scores(path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
   return labels, arrays
 
 
-def plot_run(run: Run, fig_dir: pathlib.Path) -> list[pathlib.Path]:
+def plot_run(run: Results, fig_dir: pathlib.Path) -> list[pathlib.Path]:
   """ROC and histogram PNGs for a run with scores.npz; returns the paths."""
-  labels, scores = load_scores(run.path.parent / SCORES_FILE)
+  labels, scores = load_scores(run.path / workdir_lib.SCORES)
   names = sorted(scores)
   title = (f"{run.dataset} class {run.inlier_class} · {run.method} "
            f"({run.embedding}) · seed {run.seed} · step {run.step}")
@@ -401,7 +323,7 @@ def _save(fig, path: pathlib.Path) -> pathlib.Path:
 
 
 def write_report(report: Report, out: pathlib.Path,
-                 runs: Optional[Sequence[Run]] = None) -> list[pathlib.Path]:
+                 runs: Optional[Sequence[Results]] = None) -> list[pathlib.Path]:
   """Writes report.md, the CSVs and (for `runs` with scores) the figures."""
   out.mkdir(parents=True, exist_ok=True)
   written = []
@@ -414,11 +336,11 @@ def write_report(report: Report, out: pathlib.Path,
                   lambda tmp, t=text: pathlib.Path(tmp).write_text(t))
     written.append(out / filename)
   for run in runs or ():
-    if (run.path.parent / SCORES_FILE).exists():
+    if (run.path / workdir_lib.SCORES).exists():
       try:
         written += plot_run(run, out / "figures")
       except ValueError as e:
-        raise ValueError(f"{run.path.parent / SCORES_FILE}: {e}") from e
+        raise ValueError(f"{run.path / workdir_lib.SCORES}: {e}") from e
   return written
 
 
@@ -426,7 +348,7 @@ def main(argv):
   dirs = argv[1:]
   if not dirs:
     raise app.UsageError("Give one or more directories to search for "
-                         f"{RESULTS_FILE}.")
+                         f"{workdir_lib.RESULTS}.")
   runs = load_runs(dirs)
   report = aggregate(runs)
   if _OUT.value is None:

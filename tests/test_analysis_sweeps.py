@@ -11,12 +11,13 @@ from PIL import Image
 import pytest
 from sklearn import metrics as sk_metrics
 
-from oneclass_jax import ensemble
-from oneclass_jax import explain
-from oneclass_jax import train
 from oneclass_jax.analysis import captions
 from oneclass_jax.analysis import sweeps
 from oneclass_jax.detectors import ensemble as ensemble_lib
+from oneclass_jax import ensemble
+from oneclass_jax import explain
+from oneclass_jax.trainer import single
+from oneclass_jax.trainer import step as step_lib
 
 CLASSES = ("a", "b", "c")
 TRAIN, TEST = 24, 8
@@ -71,7 +72,7 @@ def swept(folder, tmp_path_factory):
       methods=["contrastive"], ratios=[RATIO], detectors=("kde", "gde"))
   root = tmp_path_factory.mktemp("sweep_runs")
   seen, calls = [], []
-  real_shard_step = train.shard_step
+  real_shard_step = step_lib.shard_step
 
   def spy_shard_step(step_fn, mesh):
     compiled = real_shard_step(step_fn, mesh)
@@ -85,11 +86,11 @@ def swept(folder, tmp_path_factory):
 
   def counting_train(config, workdir):
     calls.append(workdir)
-    return train.train_and_evaluate(config, workdir)
+    return single.train_and_evaluate(config, workdir)
 
   analyze = functools.partial(sweeps.analyze_run, clean_fits=(5,))
   mp = pytest.MonkeyPatch()
-  mp.setattr(train, "shard_step", spy_shard_step)
+  mp.setattr(step_lib, "shard_step", spy_shard_step)
   try:
     workdirs = sweeps.run_grid(specs, str(root), build=build,
                                analyze=analyze, train_fn=counting_train)
@@ -103,7 +104,7 @@ def swept(folder, tmp_path_factory):
 def test_the_trainer_sees_only_unlabelled_images(swept, folder):
   _, ids = folder
   # The loss takes images, never labels.
-  params = inspect.signature(train.make_loss_fn(None, None, None)).parameters
+  params = inspect.signature(step_lib.make_loss_fn(None, None, None)).parameters
   assert list(params) == ["params", "batch_stats", "images", "rng", "step",
                           "axis_name"]
   assert len(swept["seen"]) == 4  # 64 images / batch 16
@@ -223,8 +224,9 @@ def write_run(root, dataset, cls, dist, seed, labels, scores):
             "model": {"backbone": "resnet10", "width": 1.0},
             "eval": {"batch_size": 7 + seed}}
   (d / "results.json").write_text(json.dumps({
-      "dataset": dataset, "inlier_class": cls, "seed": seed,
-      "config": config, "auc": {}}))
+      "dataset": dataset, "inlier_class": cls, "num_classes": 10,
+      "method": "contrastive_da", "seed": seed, "step": 10,
+      "embedding": "f", "config": config, "auc": {"kde": 0.5}}))
   np.savez(d / "scores.npz", labels=labels, kde=scores, other=-scores)
 
 

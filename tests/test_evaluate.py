@@ -14,7 +14,7 @@ from oneclass_jax import experiment
 from oneclass_jax import models
 from oneclass_jax import parallel
 from oneclass_jax import score
-from oneclass_jax import train
+from oneclass_jax.trainer import single
 from test_train import folder  # noqa: F401  (fixture)
 from test_train import folder_config
 
@@ -24,7 +24,7 @@ def trained(folder, tmp_path_factory):  # noqa: F811
   tmp = tmp_path_factory.mktemp("trained")
   config = folder_config("rotation", folder, tmp)
   workdir = tmp / "wd"
-  train.train_and_evaluate(config, str(workdir))
+  single.train_and_evaluate(config, str(workdir))
   return workdir
 
 
@@ -140,7 +140,7 @@ def test_contrastive_model_refuses_rotation_score(folder, tmp_path):  # noqa: F8
   config = folder_config("contrastive", folder, tmp_path,
                          **{"eval.detectors": ("kde", "rotation")})
   with pytest.raises(ValueError, match="needs a rotation model"):
-    train.train_and_evaluate(config, str(tmp_path / "wd"))
+    single.train_and_evaluate(config, str(tmp_path / "wd"))
 
 
 def test_image_list_reads_folder_errors(tmp_path):

@@ -15,14 +15,13 @@ import ml_collections
 import numpy as np
 import pytest
 
+from oneclass_jax.detectors import kde
 from oneclass_jax import embeddings
 from oneclass_jax import evaluators
-from oneclass_jax import experiment
 from oneclass_jax import files
 from oneclass_jax import metric_writers
 from oneclass_jax import score
-from oneclass_jax import train
-from oneclass_jax.detectors import kde
+from oneclass_jax import workdir as workdir_lib
 
 
 class _FakeGCS(MemoryFileSystem):
@@ -108,8 +107,8 @@ def test_gs_workdir_config_embeddings_detectors_results_metrics(
     bucket, monkeypatch):
   rng = np.random.default_rng(0)
   config = ml_collections.ConfigDict({"method": "contrastive", "seed": 3})
-  train._prepare_workdir(bucket, config)  # pylint: disable=protected-access
-  assert experiment.load_config(bucket).to_dict() == config.to_dict()
+  workdir_lib.prepare(bucket, config)
+  assert workdir_lib.load_config(bucket).to_dict() == config.to_dict()
 
   fit = {"pools": rng.normal(size=(20, 4)).astype(np.float32)}
   test = {"pools": rng.normal(size=(7, 4)).astype(np.float32)}

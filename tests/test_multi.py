@@ -1,7 +1,7 @@
-"""K models in one program (multi.py) against K runs trained alone.
+"""K models in one program (trainer/multi.py) against K runs trained alone.
 
 The reference for each model is the single-model path: `experiment.setup`, its
-`init_fn`, its own `train_loader` and `train.shard_step` on a data mesh of the
+`init_fn`, its own `train_loader` and `step_lib.shard_step` on a data mesh of the
 same per-model size, so per-device BatchNorm and the contrastive gather see
 the same shards.
 """
@@ -15,14 +15,15 @@ import pytest
 from PIL import Image
 
 from oneclass_jax import config_lib
+from oneclass_jax.data import pipeline
 from oneclass_jax import experiment
-from oneclass_jax import main as main_lib
 from oneclass_jax import methods
-from oneclass_jax import multi
 from oneclass_jax import optim
 from oneclass_jax import parallel
-from oneclass_jax import train
-from oneclass_jax.data import pipeline
+from oneclass_jax import trainer
+from oneclass_jax.trainer import multi
+from oneclass_jax.trainer import single as single_lib
+from oneclass_jax.trainer import step as step_lib
 from test_train import final_params
 from test_train import folder_config
 from test_train import read_metrics
@@ -53,7 +54,7 @@ def _reference(configs, data_devices, steps):
   mesh = parallel.make_mesh(data_devices)
   runs = [experiment.setup(config, mesh) for config in configs]
   # One compiled step serves every model: they share model and optimizer.
-  step = train.shard_step(train.make_step_fn(
+  step = step_lib.shard_step(step_lib.make_step_fn(
       runs[0].model, methods.get(configs[0].method), runs[0].tx, configs[0]),
                           mesh)
   out = []
@@ -175,7 +176,7 @@ def test_bfloat16_switch_keeps_float32_parameters():
     model = experiment.build_model(config)
     tx = optim.make_optimizer(config.optim, 10, 100)[0]
     state = experiment.init_state(model, tx, jax.random.key(0), (32, 32, 3))
-    step = jax.jit(train.make_step_fn(model, methods.get(config.method), tx,
+    step = jax.jit(step_lib.make_step_fn(model, methods.get(config.method), tx,
                                       config), static_argnums=3)
     images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3),
                                                dtype=np.uint8)
@@ -232,12 +233,12 @@ def test_main_dispatches_lists_to_multi(monkeypatch, tmp_path):
   calls = []
   monkeypatch.setattr(multi, "train_and_evaluate",
                       lambda c, w: calls.append(("multi", w)))
-  monkeypatch.setattr(train, "train_and_evaluate",
+  monkeypatch.setattr(single_lib, "train_and_evaluate",
                       lambda c, w: calls.append(("single", w)))
   for lists, expected in (({"seeds": "0-4"}, "multi"), ({}, "single")):
     config = tiny_config("contrastive", False)
     for key, value in lists.items():
       config[key] = value
-    main_lib.run(config, str(tmp_path))
+    trainer.train_and_evaluate(config, str(tmp_path))
     assert calls[-1] == (expected, str(tmp_path))
 

@@ -26,6 +26,7 @@ import pytest
 from PIL import Image
 
 from oneclass_jax import distributed
+from oneclass_jax import workdir as workdir_lib
 from oneclass_jax.data import sources
 
 pytestmark = pytest.mark.slow  # Subprocesses / whole runs (README runs all).
@@ -253,18 +254,18 @@ def test_environment_selects_the_runtime():
       distributed.initialize_kwargs({"ONECLASS_JAX_DISTRIBUTED": "1", **env})
 
 
-def test_results_exist_only_for_complete_results(tmp_path):
+def test_finished_only_for_complete_results(tmp_path):
   done, partial, empty = (tmp_path / n for n in ("done", "partial", "empty"))
   for d in (done, partial, empty):
     d.mkdir()
   (done / "results.json").write_text(json.dumps({"auc": {"kde": 0.9}}))
   (partial / "results.json").write_text('{"auc": {"kde"')
   missing = tmp_path / "missing"
-  assert distributed.results_exist(str(done))
+  assert workdir_lib.finished(str(done))
   for d in (partial, empty, missing):
-    assert not distributed.results_exist(str(d))
+    assert not workdir_lib.finished(str(d))
   dirs = [str(d) for d in (missing, done, partial, empty)]
-  assert distributed.unfinished(dirs) == [dirs[0], dirs[2], dirs[3]]
+  assert workdir_lib.unfinished(dirs) == [dirs[0], dirs[2], dirs[3]]
 
 
 def test_two_processes_train_exactly_what_one_does(finished):

@@ -2,13 +2,14 @@
 
 The run trains a tiny contrastive model for a few steps on 32x32 crops, then
 scores the test images densely at stride 16 (a 15 x 15 grid) through the
-same `train.train_and_evaluate` that `oneclass_jax.main` calls.
+same `single.train_and_evaluate` that `oneclass_jax.main` calls.
 """
 import importlib.util
 import json
 import pathlib
 import shutil
 import tarfile
+import types
 
 import ml_collections
 import numpy as np
@@ -17,10 +18,12 @@ import pytest
 from sklearn import metrics as sk_metrics
 
 from oneclass_jax import experiment
+from oneclass_jax.evaluators import mvtec_patches
 from oneclass_jax import report
 import conftest
-from oneclass_jax import train
 from oneclass_jax.mvtec import data as mvtec_data
+from oneclass_jax.trainer import single
+from oneclass_jax import workdir as workdir_lib
 
 pytestmark = pytest.mark.slow  # Subprocesses / whole runs (README runs all).
 
@@ -87,7 +90,7 @@ def tiny_config(root, name="mvtec_contrastive"):
 
 def test_end_to_end(tile_root, tmp_path):
   config = tiny_config(tile_root)
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = single.train_and_evaluate(config, str(tmp_path))
   n_test = WANTED["test/good"] + WANTED["test/crack"] + WANTED["test/fray"]
 
   for aucs in [results["auc"]] + [results["baselines"][b]["auc"]
@@ -101,7 +104,7 @@ def test_end_to_end(tile_root, tmp_path):
   assert results["memory_bank"]["training_patches"] == 8 * 15 * 15
 
   # Files: results.json readable by the report, scores, grids, heatmaps.
-  run = report.load_run(tmp_path / "results.json")
+  run = workdir_lib.Results.read(tmp_path)
   assert (run.dataset, run.inlier_class, run.num_classes) == (
       "mvtec", CATEGORY, 1)
   assert report.aggregate([run]).per_dataset
@@ -219,3 +222,25 @@ def test_bad_settings(tile_root, tmp_path):
     shutil.rmtree(folder / "ground_truth" / defect)
   with pytest.raises(ValueError, match="holds no defective image"):
     _make(tmp_path)
+
+
+def test_results_json_is_written_after_every_other_output(tmp_path,
+                                                          monkeypatch):
+  # results.json means "finished" to sweeps and launch/sweep.sh; the MVTec
+  # evaluator used to write it first, so a kill while writing the heatmaps
+  # left a "finished" workdir without them.
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt("killed while writing the heatmaps")
+
+  monkeypatch.setattr(mvtec_patches, "write_heatmaps", killed)
+  test = types.SimpleNamespace(labels=np.array([0, 1]),
+                               defect_types=["good", "crack"])
+  dense = types.SimpleNamespace(image_scores=np.array([0.1, 0.9]),
+                                grids=np.zeros((2, 3, 3)),
+                                maps=np.zeros((2, 8, 8)))
+  with pytest.raises(KeyboardInterrupt):
+    # pylint: disable-next=protected-access
+    mvtec_patches._write_outputs(str(tmp_path), {"auc": {"kde": 0.5}},
+                                 dense, test, heatmaps=2)
+  assert not workdir_lib.finished(tmp_path)
+  assert not (tmp_path / workdir_lib.RESULTS).exists()

@@ -20,17 +20,18 @@ from PIL import Image
 
 from oneclass_jax import checkpoint
 from oneclass_jax import config_lib
+from oneclass_jax.data import image_io
+from oneclass_jax.data import mvtec
+from oneclass_jax.data import pipeline
+from oneclass_jax.data import sources
 from oneclass_jax import embeddings
 from oneclass_jax import evaluators
 from oneclass_jax import files
 from oneclass_jax import metric_writers
 from oneclass_jax import provenance
 from oneclass_jax import score
-from oneclass_jax import train
-from oneclass_jax.data import image_io
-from oneclass_jax.data import mvtec
-from oneclass_jax.data import pipeline
-from oneclass_jax.data import sources
+from oneclass_jax.trainer import loop
+from oneclass_jax.trainer import single
 from test_train import final_params
 from test_train import folder  # noqa: F401  (fixture)
 from test_train import folder_config
@@ -50,10 +51,10 @@ def test_retrained_workdir_does_not_reuse_old_embeddings(folder, tmp_path):  # n
   # Old code: embeddings/step_6.npz of the first run served the second one
   # (same step), so results.json held the first model's AUCs.
   wd = tmp_path / "wd"
-  first = train.train_and_evaluate(
+  first = single.train_and_evaluate(
       folder_config("rotation", folder, tmp_path, seed=0), str(wd))
   shutil.rmtree(wd / "checkpoints")
-  second = train.train_and_evaluate(
+  second = single.train_and_evaluate(
       folder_config("rotation", folder, tmp_path, seed=1), str(wd))
   assert second["identity"]["weights"] != first["identity"]["weights"]
   assert second["auc"] == _fresh_aucs(wd)
@@ -70,7 +71,7 @@ def test_edited_image_folder_is_reconverted_and_reembedded(folder, tmp_path):  #
   shutil.copytree(folder, data)
   wd = tmp_path / "wd"
   config = folder_config("rotation", data, tmp_path)
-  before = train.train_and_evaluate(config, str(wd))
+  before = single.train_and_evaluate(config, str(wd))
   # Test images of class b become copies of class a: the AUC must change.
   for target, src in zip(sorted((data / "test" / "b").iterdir()),
                          sorted((data / "test" / "a").iterdir())):
@@ -86,7 +87,7 @@ def test_edited_image_folder_is_reconverted_and_reembedded(folder, tmp_path):  #
 def test_score_refuses_detectors_of_another_checkpoint(folder, tmp_path):  # noqa: F811
   # Old code: `score` used detectors/ whatever checkpoint had fitted them.
   wd = tmp_path / "wd"
-  train.train_and_evaluate(folder_config("contrastive", folder, tmp_path),
+  single.train_and_evaluate(folder_config("contrastive", folder, tmp_path),
                            str(wd))
   meta = json.loads((wd / "detectors" / "meta.json").read_text())
   meta["identity"]["weights"] = "0" * 16
@@ -209,7 +210,7 @@ def test_second_run_on_a_locked_workdir_fails_naming_the_holder(
   try:
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(files.WorkdirBusy, match=f"pid {holder.pid} on host"):
-      train.train_and_evaluate(folder_config("contrastive", folder, tmp_path),
+      single.train_and_evaluate(folder_config("contrastive", folder, tmp_path),
                                str(wd))
     assert not (wd / "config.json").exists()
   finally:
@@ -235,7 +236,7 @@ def test_results_json_is_written_after_scores_and_detectors(folder, tmp_path,  #
 
   monkeypatch.setattr(evaluators.one_class, "save_detectors", killed)
   with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(config, str(wd))
+    single.train_and_evaluate(config, str(wd))
   assert (wd / "scores.npz").exists()
   assert not (wd / "results.json").exists()
 
@@ -325,12 +326,12 @@ def test_training_resumes_bit_identically_past_a_damaged_checkpoint(
     folder, tmp_path):  # noqa: F811
   config = folder_config("contrastive", folder, tmp_path,
                          keep_checkpoints=0)
-  train.train_and_evaluate(config, str(tmp_path / "straight"))
+  single.train_and_evaluate(config, str(tmp_path / "straight"))
   partial = folder_config("contrastive", folder, tmp_path,
                           keep_checkpoints=0, max_steps_this_run=4)
-  train.train_and_evaluate(partial, str(tmp_path / "resumed"))
+  single.train_and_evaluate(partial, str(tmp_path / "resumed"))
   _damage(tmp_path / "resumed", 4, "state_files")
-  train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  single.train_and_evaluate(config, str(tmp_path / "resumed"))
   step_a, params_a = final_params(tmp_path / "straight")
   step_b, params_b = final_params(tmp_path / "resumed")
   assert step_a == step_b == 6
@@ -359,9 +360,9 @@ def test_non_finite_state_is_never_saved(tmp_path):
 def test_non_finite_loss_message_says_whether_a_checkpoint_exists():
   history = [(3, {"loss": np.float32(np.nan)})]
   with pytest.raises(FloatingPointError, match="No checkpoint had been saved"):
-    train._check_finite(history, None)  # pylint: disable=protected-access
+    loop.check_finite(history, None)  # pylint: disable=protected-access
   with pytest.raises(FloatingPointError, match="step 2, is kept"):
-    train._check_finite(history, 2)  # pylint: disable=protected-access
+    loop.check_finite(history, 2)  # pylint: disable=protected-access
 
 
 # ---------------------------------------------------------------------------
@@ -374,7 +375,7 @@ def test_empty_workdir_is_refused(folder, tmp_path, monkeypatch, workdir):  # no
   monkeypatch.chdir(tmp_path)
   config = folder_config("contrastive", folder, tmp_path / "x")
   with pytest.raises(ValueError, match="--workdir is empty"):
-    train.train_and_evaluate(config, workdir)
+    single.train_and_evaluate(config, workdir)
   assert os.listdir(tmp_path) == []
 
 
@@ -391,7 +392,7 @@ def test_bad_settings_fail_before_the_workdir_is_written(
     folder, tmp_path, override, message):  # noqa: F811
   config = folder_config("contrastive", folder, tmp_path, **override)
   with pytest.raises(ValueError, match=message):
-    train.train_and_evaluate(config, str(tmp_path / "wd"))
+    single.train_and_evaluate(config, str(tmp_path / "wd"))
   assert not (tmp_path / "wd").exists()
 
 
@@ -405,7 +406,7 @@ def test_inlier_class_without_test_images_fails_before_training(tmp_path):
             root / split / label / f"{i}.png")
   config = folder_config("contrastive", root, tmp_path)
   with pytest.raises(ValueError, match="no inlier images"):
-    train.train_and_evaluate(config, str(tmp_path / "wd"))
+    single.train_and_evaluate(config, str(tmp_path / "wd"))
   assert not (tmp_path / "wd" / "checkpoints").exists()
 
 
@@ -443,12 +444,12 @@ def test_copied_checkpoints_without_config_are_refused(folder, tmp_path):  # noq
   # Old code: they resumed under whatever config was given.
   wd = tmp_path / "wd"
   config = folder_config("contrastive", folder, tmp_path, max_steps_this_run=2)
-  train.train_and_evaluate(config, str(wd))
+  single.train_and_evaluate(config, str(wd))
   fresh = tmp_path / "fresh"
   fresh.mkdir()
   shutil.copytree(wd / "checkpoints", fresh / "checkpoints")
   with pytest.raises(ValueError, match="no config.json"):
-    train.train_and_evaluate(config, str(fresh))
+    single.train_and_evaluate(config, str(fresh))
 
 
 def test_metrics_keep_each_step_once_after_a_resume(tmp_path, monkeypatch):
@@ -528,17 +529,17 @@ def test_host_waits_for_the_step_two_back(folder, tmp_path, monkeypatch):
   monkeypatch.setattr(jax, "block_until_ready",
                       lambda x: waited.append(x) or real(x))
   history = [(s, {"loss": jnp.float32(s)}) for s in range(1, 6)]
-  train.bound_run_ahead(history)
+  loop.bound_run_ahead(history)
   assert len(waited) == 1 and float(waited[0]["loss"]) == 3.0
-  train.bound_run_ahead(history[:2])  # Nothing two back yet.
+  loop.bound_run_ahead(history[:2])  # Nothing two back yet.
   assert len(waited) == 1
 
   calls = []
-  real_bound = train.bound_run_ahead
-  monkeypatch.setattr(train, "bound_run_ahead",
+  real_bound = loop.bound_run_ahead
+  monkeypatch.setattr(loop, "bound_run_ahead",
                       lambda h: calls.append(h[-1][0]) or real_bound(h))
   config = folder_config("contrastive", folder, tmp_path,
                          total_steps=5, log_every_steps=100,
                          checkpoint_every_steps=100)
-  train.train_and_evaluate(config, str(tmp_path / "wd"))
+  single.train_and_evaluate(config, str(tmp_path / "wd"))
   assert calls == [1, 2, 3, 4, 5]

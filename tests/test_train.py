@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from oneclass_jax import checkpoint
-from oneclass_jax import train
+from oneclass_jax.trainer import single
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -101,7 +101,7 @@ def test_every_config_trains_on_mock_data(name, tmp_path):
   config.optim.learning_rate = 0.05
   config.lock()
   with tfds.testing.mock_data(num_examples=300):
-    results = train.train_and_evaluate(config, str(tmp_path / "wd"))
+    results = single.train_and_evaluate(config, str(tmp_path / "wd"))
   metrics = read_metrics(tmp_path / "wd")
   assert [m["step"] for m in metrics] == list(range(1, 13))
   losses = np.array([m["loss"] for m in metrics])
@@ -117,17 +117,17 @@ def test_every_config_trains_on_mock_data(name, tmp_path):
 
 def test_resume_matches_uninterrupted(folder, tmp_path):
   config = folder_config("contrastive_da", folder, tmp_path)
-  train.train_and_evaluate(config, str(tmp_path / "straight"))
+  single.train_and_evaluate(config, str(tmp_path / "straight"))
   # The same run, stopped after 4 steps (its checkpoint), then restarted.
   config.unlock()
   config.max_steps_this_run = 4
   config.lock()
-  assert train.train_and_evaluate(config, str(tmp_path / "resumed")) is None
+  assert single.train_and_evaluate(config, str(tmp_path / "resumed")) is None
   assert final_params(tmp_path / "resumed")[0] == 4
   config.unlock()
   config.max_steps_this_run = -1
   config.lock()
-  train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  single.train_and_evaluate(config, str(tmp_path / "resumed"))
   step_a, params_a = final_params(tmp_path / "straight")
   step_b, params_b = final_params(tmp_path / "resumed")
   assert step_a == step_b == 6
@@ -141,12 +141,12 @@ def test_resume_matches_uninterrupted(folder, tmp_path):
 def test_refuses_to_resume_a_different_config(folder, tmp_path):
   config = folder_config("contrastive", folder, tmp_path,
                          max_steps_this_run=2)
-  train.train_and_evaluate(config, str(tmp_path / "wd"))
+  single.train_and_evaluate(config, str(tmp_path / "wd"))
   other = folder_config("contrastive", folder, tmp_path,
                         max_steps_this_run=2, **{"optim.learning_rate": 0.5,
                                                  "batch_size": 8})
   with pytest.raises(ValueError, match="different config") as err:
-    train.train_and_evaluate(other, str(tmp_path / "wd"))
+    single.train_and_evaluate(other, str(tmp_path / "wd"))
   assert "optim.learning_rate: 0.01 -> 0.5" in str(err.value)
   assert "batch_size: 16 -> 8" in str(err.value)
 
@@ -156,7 +156,7 @@ def test_unwritable_workdir(folder, tmp_path):
   blocker.write_text("not a directory")
   config = folder_config("contrastive", folder, tmp_path)
   with pytest.raises(PermissionError, match="not writable"):
-    train.train_and_evaluate(config, str(blocker / "wd"))
+    single.train_and_evaluate(config, str(blocker / "wd"))
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(folder, tmp_path):
@@ -164,7 +164,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(folder, tmp_path):
                          **{"optim.learning_rate": 1e30,
                             "optim.schedule": "constant"})
   with pytest.raises(FloatingPointError, match=r"at step \d+"):
-    train.train_and_evaluate(config, str(tmp_path / "wd"))
+    single.train_and_evaluate(config, str(tmp_path / "wd"))
   mngr = checkpoint.manager(str(tmp_path / "wd"), 3)
   for step in mngr.all_steps():  # Whatever was saved holds finite numbers.
     _, params = final_params(tmp_path / "wd", step)

@@ -16,7 +16,7 @@ from oneclass_jax import experiment
 from oneclass_jax import methods
 from oneclass_jax import optim
 from oneclass_jax import parallel
-from oneclass_jax import train
+from oneclass_jax.trainer import step as step_lib
 
 METHOD_CONFIG = {"rotation": "rotation", "contrastive": "contrastive",
                  "denoising": "denoising"}
@@ -41,7 +41,7 @@ def _setup(config, mesh_devices):
   bn_axis = parallel.AXIS if config.model.cross_replica_bn else None
   model = experiment.build_model(config, bn_axis_name=bn_axis)
   tx, _ = optim.make_optimizer(config.optim, 10, 100)
-  step_fn = train.make_step_fn(model, method, tx, config)
+  step_fn = step_lib.make_step_fn(model, method, tx, config)
   state = experiment.init_state(model, tx, jax.random.key(0), (32, 32, 3))
   return mesh, step_fn, state
 
@@ -53,7 +53,7 @@ def _images(n, seed=0):
 
 def _run_sharded(config, devices, batches):
   mesh, step_fn, state = _setup(config, devices)
-  step = train.shard_step(step_fn, mesh)
+  step = step_lib.shard_step(step_fn, mesh)
   state = parallel.replicate(state, mesh)
   rng = parallel.replicate(jax.random.key(1), mesh)
   with jax.set_mesh(mesh):
@@ -74,7 +74,7 @@ def _run_vmapped(config, batches):
   method = methods.get(config.method)
   model = experiment.build_model(config, bn_axis_name=None)
   tx, _ = optim.make_optimizer(config.optim, 10, 100)
-  loss_fn = train.make_loss_fn(model, method, config)
+  loss_fn = step_lib.make_loss_fn(model, method, config)
 
   @jax.jit
   def step(state, chunks, rng):
@@ -88,7 +88,7 @@ def _run_vmapped(config, batches):
         state["params"])
     first = lambda t: jax.tree.map(lambda x: x[0], t)
     batch_stats = jax.tree.map(lambda x: x.mean(0), batch_stats)
-    return train.apply_gradients(state, grads, batch_stats, first(sums), tx)
+    return step_lib.apply_gradients(state, grads, batch_stats, first(sums), tx)
 
   rng = jax.random.key(1)
   for images in batches:
@@ -135,7 +135,7 @@ def test_step_compiles_once():
     traces.append(1)
     return step_fn(*args, **kwargs)
 
-  step = train.shard_step(counting, mesh)
+  step = step_lib.shard_step(counting, mesh)
   state = parallel.replicate(state, mesh)
   rng = parallel.replicate(jax.random.key(1), mesh)
   with jax.set_mesh(mesh):

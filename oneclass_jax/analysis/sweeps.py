@@ -3,7 +3,7 @@
 
 A study is a list of `RunSpec`s: a config file of `configs/`, its variant
 string and dotted overrides. `run_grid` trains each one with
-`train.train_and_evaluate` into `<root>/<spec.name>` (a run whose
+`single.train_and_evaluate` into `<root>/<spec.name>` (a run whose
 results.json exists is not retrained; a half-finished one resumes from its
 checkpoint) and then writes `analysis.json` beside it with what the plots need
 beyond results.json:
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import math
 import os
 import pathlib
@@ -47,20 +46,20 @@ from matplotlib import pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
+from oneclass_jax.analysis import captions  # noqa: E402
+from oneclass_jax.analysis import uniformity  # noqa: E402
 from oneclass_jax import config_lib  # noqa: E402
 from oneclass_jax import detectors  # noqa: E402
 from oneclass_jax import embeddings  # noqa: E402
 from oneclass_jax import evaluators  # noqa: E402
 from oneclass_jax import experiment  # noqa: E402
+from oneclass_jax import files  # noqa: E402
 from oneclass_jax import metrics  # noqa: E402
 from oneclass_jax import parallel  # noqa: E402
-from oneclass_jax import train  # noqa: E402
-from oneclass_jax.analysis import captions  # noqa: E402
-from oneclass_jax.analysis import uniformity  # noqa: E402
+from oneclass_jax.trainer import single  # noqa: E402
+from oneclass_jax import workdir as workdir_lib  # noqa: E402
 
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs"
-RESULTS_FILE = "results.json"
-ANALYSIS_FILE = "analysis.json"
 STUDIES = ("uniformity", "contamination", "distaug")
 
 # CPU scale: a narrow ResNet-10 and a narrow head; per-step cosine decay
@@ -293,7 +292,7 @@ def analyze_run(workdir: str, *, mmd: bool = True, auc_g: bool = True,
     key = embeddings.EMBEDDING_KEYS[config.eval.embedding]
     out["clean_fit"] = _clean_fits(run.data.fit, fit[key], test[key], labels,
                                    names, clean_fits, int(config.seed))
-  _write_json(pathlib.Path(workdir) / ANALYSIS_FILE, out)
+  files.write_json(files.path(workdir) / workdir_lib.ANALYSIS, out)
   return out
 
 
@@ -324,23 +323,16 @@ def _clean_fits(fit_source, fit_features, test_features, labels, names,
   return out
 
 
-def _write_json(path: pathlib.Path, obj) -> None:
-  tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-  os.replace(tmp, path)
-
-
-def _check_same_config(results_path: str, config) -> None:
+def _check_same_config(workdir: str, config) -> None:
   """A finished run is only reused for the very config the grid asks for."""
-  with open(results_path) as f:
-    saved = json.load(f).get("config", {})
+  saved = workdir_lib.Results.read(workdir).config
   diff = config_lib.config_diff(saved, config_lib.to_dict(config),
                                 ignore=("log_every_steps",
                                         "checkpoint_every_steps",
                                         "keep_checkpoints"))
   if diff:
     raise ValueError(
-        f"{results_path} comes from a different config than the grid's:\n  "
+        f"{workdir} holds a run of a different config than the grid's:\n  "
         + "\n  ".join(diff) + "\nUse another --root or remove that run.")
 
 
@@ -355,14 +347,14 @@ def run_grid(specs: Sequence[RunSpec], root: str, *,
     root: runs go to `<root>/<spec.name>`.
     build: spec -> config.
     analyze: workdir -> analysis dict, run when analysis.json is missing.
-    train_fn: (config, workdir) -> results; `train.train_and_evaluate` by
+    train_fn: (config, workdir) -> results; `single.train_and_evaluate` by
       default (a parameter so tests can count calls).
 
   Returns:
     The workdirs, in grid order.
   """
   if train_fn is None:
-    train_fn = train.train_and_evaluate
+    train_fn = single.train_and_evaluate
   names = [s.name for s in specs]
   if len(set(names)) != len(names):
     raise ValueError("Two runs of the grid share a name; the grid repeats a "
@@ -372,15 +364,14 @@ def run_grid(specs: Sequence[RunSpec], root: str, *,
     workdir = os.path.join(root, spec.name)
     workdirs.append(workdir)
     config = build(spec)
-    results = os.path.join(workdir, RESULTS_FILE)
-    if os.path.exists(results):
-      _check_same_config(results, config)
+    if workdir_lib.finished(workdir):
+      _check_same_config(workdir, config)
       logging.info("[%d/%d] %s: done, skipped.", i, len(specs), spec.name)
     else:
       logging.info("[%d/%d] %s: training.", i, len(specs), spec.name)
       train_fn(config, workdir)
     if analyze is not None and not os.path.exists(
-        os.path.join(workdir, ANALYSIS_FILE)):
+        os.path.join(workdir, workdir_lib.ANALYSIS)):
       analyze(workdir)
   return workdirs
 
@@ -408,19 +399,11 @@ class Record:
 def load_records(root: str) -> list[Record]:
   """Every workdir under `root` with a results.json (analysis.json optional)."""
   records = []
-  for path in sorted(pathlib.Path(root).rglob(RESULTS_FILE)):
-    results = json.loads(path.read_text())
-    if "config" not in results:
-      raise ValueError(f"{path}: no 'config'; not written by "
-                       "oneclass_jax.evaluate.")
-    analysis_path = path.parent / ANALYSIS_FILE
-    analysis = (json.loads(analysis_path.read_text())
-                if analysis_path.exists() else {})
-    records.append(Record(str(path.parent), results["config"],
-                          results["auc"], analysis))
-  if not records:
-    raise FileNotFoundError(f"No {RESULTS_FILE} under {root}; run the sweep "
-                            "first.")
+  for run in workdir_lib.find_runs(root):
+    analysis_path = run.path / workdir_lib.ANALYSIS
+    analysis = (files.read_json(analysis_path) if analysis_path.exists()
+                else {})
+    records.append(Record(str(run.path), run.config, run.auc, analysis))
   return records
 
 

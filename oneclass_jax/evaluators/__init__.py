@@ -14,6 +14,7 @@ from typing import Callable
 from oneclass_jax import experiment
 from oneclass_jax import files
 from oneclass_jax import parallel
+from oneclass_jax import workdir as workdir_lib
 from oneclass_jax.evaluators import mvtec_patches
 from oneclass_jax.evaluators import one_class
 
@@ -58,7 +59,7 @@ def evaluate_state(config, workdir, model, state, data, mesh, *,
 def evaluate_workdir(workdir: str, detector_names=None, embedding=None):
   """Re-evaluates a workdir's newest intact checkpoint (workdir locked)."""
   # Flags the task cannot honour fail before anything is restored.
-  _overrides(experiment.load_config(workdir), detector_names, embedding)
+  _overrides(workdir_lib.load_config(workdir), detector_names, embedding)
   mesh = parallel.make_mesh()
   with files.workdir_lock(workdir):
     config, run, state = experiment.restore_run(workdir, mesh)

@@ -50,13 +50,13 @@ from oneclass_jax import embeddings
 from oneclass_jax import files
 from oneclass_jax import metrics
 from oneclass_jax import parallel
+from oneclass_jax import workdir as workdir_lib
 from oneclass_jax.detectors import kde
 from oneclass_jax.mvtec import localize
 from oneclass_jax.mvtec import memory_bank
 from oneclass_jax.mvtec import patches
 
 Featurizer = Callable[[np.ndarray], np.ndarray]
-HEATMAP_DIR = "heatmaps"
 
 
 def network_featurizer(model, variables, mesh, *, batch_size: int,
@@ -364,15 +364,17 @@ def evaluate_state(config, workdir, model, state, data, mesh) -> dict:
 
 def _write_outputs(workdir, results, dense: DenseResult, test,
                    heatmaps: int) -> None:
-  files.write_json(os.path.join(workdir, "results.json"), results)
-  files.write_atomic(os.path.join(workdir, "scores.npz"), files.npz_bytes(
-      labels=test.labels, image_kde=dense.image_scores))
-  files.write_atomic(os.path.join(workdir, "score_grids.npz"), files.npz_bytes(
-      grids=dense.grids, labels=test.labels,
-      defect_types=np.asarray(test.defect_types)))
-  write_heatmaps(os.path.join(workdir, HEATMAP_DIR), test, dense.maps,
+  # The heatmaps first and results.json last (`workdir.write_results`), so
+  # a workdir with results.json has every output.
+  write_heatmaps(os.path.join(workdir, workdir_lib.HEATMAPS), test, dense.maps,
                  dense.image_scores, heatmap_indices(test.defect_types,
                                                      heatmaps))
+  workdir_lib.write_results(workdir, results, {
+      workdir_lib.SCORES: files.npz_bytes(labels=test.labels,
+                                          image_kde=dense.image_scores),
+      workdir_lib.SCORE_GRIDS: files.npz_bytes(grids=dense.grids, labels=test.labels,
+                                   defect_types=np.asarray(
+                                       test.defect_types))})
 
 
 def _log_table(results) -> None:

@@ -25,6 +25,7 @@ from oneclass_jax import files
 from oneclass_jax import metrics
 from oneclass_jax import progress
 from oneclass_jax import provenance
+from oneclass_jax import workdir as workdir_lib
 from oneclass_jax.detectors import rotation_score
 
 # Folds of the cross-fitted held-out inlier scores behind the thresholds.
@@ -102,7 +103,8 @@ def save_detectors(workdir, fitted: dict, heldout: dict, embedding: str,
                                       "step": ident["step"],
                                       "identity": ident,
                                       "detectors": sorted(fitted)})
-  files.write_dir_atomic(files.path(workdir) / "detectors", contents)
+  files.write_dir_atomic(files.path(workdir) / workdir_lib.DETECTORS,
+                         contents)
 
 
 def _aucs(labels, scores: dict) -> dict:
@@ -165,14 +167,14 @@ def evaluate_state(config, workdir, model, state, data, mesh, *,
       results["baselines"] = _baselines(config, model, data, mesh, fitted,
                                         test_labels)
   if jax.process_index() == 0:
-    # results.json last: a run that has it has its scores and detectors too
-    # (sweeps treat results.json as "finished").
-    files.write_atomic(files.path(workdir) / "scores.npz",
+    # The scores, then the detectors, then results.json (last: a run that
+    # has it has the rest too).
+    files.write_atomic(files.path(workdir) / workdir_lib.SCORES,
                        files.npz_bytes(labels=test_labels, **scores))
     with progress.phase("Held-out inlier scores for the thresholds"):
       heldout = heldout_scores(fitted, fit_emb[key], config.seed)
     save_detectors(workdir, fitted_dets, heldout, embedding, ident)
-    files.write_json(files.path(workdir) / "results.json", results)
+    workdir_lib.write_results(workdir, results)
   _log_table(results)
   return results
 

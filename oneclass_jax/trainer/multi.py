@@ -3,9 +3,9 @@ r"""K one-class models in one program: one vmapped step, K data streams.
 Table 2 alone is about a thousand runs of a small network at batch 32, which
 leaves an accelerator mostly idle. Here K runs that differ only in inlier
 class, seed or distribution-augmentation set train side by side: their train
-states are stacked along a leading model axis and the per-device step of
-`train.py` is vmapped over that axis inside one `shard_map` over a 2-D mesh
-(`model`, `data`). Models are spread over the `model` devices
+states are stacked along a leading model axis and the per-device step
+(`trainer/step.py`) is vmapped over that axis inside one `shard_map` over a
+2-D mesh (`model`, `data`). Models are spread over the `model` devices
 (`config.num_model_shards`), each model's batch over the `data` devices, so
 the per-device semantics (BatchNorm statistics, gathered contrastive
 negatives) are exactly those of a single run. On one device the models run
@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import time
 from typing import Any, Callable
 
 import jax
@@ -46,19 +45,17 @@ from jax.sharding import PartitionSpec as P
 
 from oneclass_jax import checkpoint
 from oneclass_jax import config_lib
-from oneclass_jax import distributed
+from oneclass_jax.data import pipeline
 from oneclass_jax import evaluators
 from oneclass_jax import experiment
 from oneclass_jax import files
 from oneclass_jax import methods
-from oneclass_jax import metric_writers
 from oneclass_jax import parallel
-from oneclass_jax import train
-from oneclass_jax.data import pipeline
+from oneclass_jax.trainer import loop
+from oneclass_jax.trainer import step as step_lib
+from oneclass_jax.trainer.step import MODEL_AXIS
+from oneclass_jax import workdir as workdir_lib
 
-# pylint: disable=protected-access  # train's workdir and NaN helpers.
-
-MODEL_AXIS = "model"
 # What may differ between the models of one program; everything else is
 # shared, so one traced step serves them all.
 PER_MODEL_FIELDS = ("seed", "data.seed", "data.inlier_class", "data.dist_aug")
@@ -66,7 +63,6 @@ PER_MODEL_FIELDS = ("seed", "data.seed", "data.inlier_class", "data.dist_aug")
 _MULTI_DEFAULTS = {"seeds": "", "num_model_shards": 1,
                    "model_batching": "auto", "data.inlier_classes": "",
                    "data.dist_augs": ""}
-BATCHING = ("auto", "vmap", "sequential")
 
 
 def is_multi(config) -> bool:
@@ -136,39 +132,6 @@ def make_mesh(num_devices: int | None = None,
       axis_types=(jax.sharding.AxisType.Explicit,) * 2)
 
 
-def resolve_batching(batching: str) -> str:
-  """'auto' -> 'sequential' on CPU, 'vmap' on accelerators."""
-  if batching not in BATCHING:
-    raise ValueError(f"model_batching must be one of {BATCHING}, got "
-                     f"{batching!r}.")
-  if batching == "auto":
-    return "sequential" if jax.default_backend() == "cpu" else "vmap"
-  return batching
-
-
-def shard_models_step(step_fn, mesh, batching: str = "vmap"):
-  """jit(shard_map(K models' steps)) over stacked states [K, ...].
-
-  `step_fn(state, images, rng, axis_name)` is train.make_step_fn's per-device
-  step; images are [K, global batch, H, W, C], rngs [K] typed keys.
-  """
-  step = functools.partial(step_fn, axis_name=parallel.AXIS)
-
-  def per_device(states, images, rngs):
-    if resolve_batching(batching) == "vmap":
-      return jax.vmap(step)(states, images, rngs)
-    outs = [step(*jax.tree.map(lambda x, i=i: x[i], (states, images, rngs)))
-            for i in range(images.shape[0])]
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
-
-  models = P(MODEL_AXIS)
-  sharded = jax.shard_map(
-      per_device, mesh=mesh,
-      in_specs=(models, P(MODEL_AXIS, parallel.AXIS), models),
-      out_specs=(models, models))
-  return jax.jit(sharded, donate_argnums=(0,))
-
-
 @dataclasses.dataclass
 class Models:
   """K models built for one program (see `build`)."""
@@ -219,7 +182,7 @@ def build(named_configs, num_devices: int | None = None,
     ValueError: configs that differ in more than PER_MODEL_FIELDS, or whose
       data give different image shapes or numbers of steps, a model count
       not divisible by `model_shards`, a batch that does not split over the
-      data devices, or an unknown `batching` (see BATCHING).
+      data devices, or an unknown `batching` (see step.BATCHING).
   """
   names = [name for name, _ in named_configs]
   configs = [config for _, config in named_configs]
@@ -245,9 +208,9 @@ def build(named_configs, num_devices: int | None = None,
   _check_same_steps(names, configs, runs)
   first, config = runs[0], configs[0]
   method = methods.get(config.method)
-  step = shard_models_step(
-      train.make_step_fn(first.model, method, first.tx, config), mesh,
-      resolve_batching(batching))
+  step = step_lib.shard_models_step(
+      step_lib.make_step_fn(first.model, method, first.tx, config), mesh,
+      step_lib.resolve_batching(batching))
   image_shape = tuple(first.data.train[0]["image"].shape)
   init = jax.jit(
       jax.vmap(functools.partial(experiment.init_state, first.model, first.tx,
@@ -337,8 +300,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     {model name: its results dict}, or None after a partial run
     (`max_steps_this_run`).
   """
-  workdir = train.check_workdir_name(workdir)
-  with train.primary_lock(workdir):
+  workdir = workdir_lib.check_name(workdir)
+  with workdir_lib.lock(workdir):
     return _train_and_evaluate(config, workdir)
 
 
@@ -347,7 +310,7 @@ def _train_and_evaluate(config, workdir):
   for _, cfg in named:  # Before anything is written.
     experiment.validate(cfg)
   root = epath.Path(workdir)
-  train._prepare_workdir(workdir, config)
+  workdir_lib.prepare(workdir, config)
   models = build(named, config.get("num_devices") or None,
                  config.get("num_model_shards", 1),
                  config.get("model_batching", "auto"))
@@ -355,19 +318,19 @@ def _train_and_evaluate(config, workdir):
     experiment.check_test_set(cfg, run.data)
   workdirs = [str(root / name) for name in models.names]
   for wd, cfg in zip(workdirs, models.configs):
-    train._prepare_workdir(wd, cfg)
+    workdir_lib.prepare(wd, cfg)
   results = _train(models, workdirs, config)
   if results is not None and jax.process_index() == 0:
     summary = {name: {"inlier_class": r["inlier_class"], "seed": r["seed"],
                       "dist_aug": cfg.data.dist_aug, "step": r["step"],
                       "auc": r["auc"]}
                for (name, r), cfg in zip(results.items(), models.configs)}
-    files.write_json(root / "summary.json", summary)
+    files.write_json(root / workdir_lib.SUMMARY, summary)
   return results
 
 
 def _train(models: Models, workdirs, config):
-  """The training loop of `train.train_and_evaluate`, for K models."""
+  """K models through the one loop (`trainer/loop.py`)."""
   names, configs, k = models.names, models.configs, len(models.names)
   init_keys, step_keys = models.keys()
   # Typed keys cannot be put on other processes' devices; their data can.
@@ -388,77 +351,31 @@ def _train(models: Models, workdirs, config):
         lambda *xs: np.stack([np.asarray(x) for x in xs]), *states))
     logging.info("Resumed %d models from step %d.", k, start)
   start = int(start or 0)
-
   total = models.total_steps
-  last_step = train.run_until(config, start, total)
-  batch = configs[0].batch_size
   logging.info("Training %d %s models (%s) on %s: %d steps, batch %d each, "
                "mesh %s, models %s.", k, config.method, ", ".join(names),
-               config.data.name, total, batch, dict(models.mesh.shape),
-               resolve_batching(config.get("model_batching", "auto")))
-  writers = [metric_writers.MetricWriter(wd, resume_step=start)
-             for wd in workdirs]
-  schedule = models.runs[0].schedule
-  history, t_window, n_window = [], time.perf_counter(), 0
-  guard = distributed.PreemptionGuard()
-  with guard, jax.set_mesh(models.mesh):
-    for step in range(start, last_step):
-      images = models.images([next(it) for it in iters])
-      states, metrics = models.step(states, images, step_rngs)
-      history.append((step + 1, metrics))
-      train.bound_run_ahead(history)
-      n_window += 1
-      done = step + 1
-      stop = guard.should_stop(done)
-      is_log, is_ckpt = train.cadence(config, done, last_step, stop)
-      if not (is_log or is_ckpt):
-        continue
-      history = [(s, jax.device_get(m)) for s, m in history]
-      for i, name in enumerate(names):
-        try:
-          train._check_finite([(s, {key: v[i] for key, v in m.items()})
-                               for s, m in history], mngrs[i].latest_step())
-        except train._NonFiniteLoss as e:
-          raise train._NonFiniteLoss(f"Model {name}: {e}") from None
-      if is_log:
-        elapsed = time.perf_counter() - t_window
-        _log_window(writers, history, done, total, float(schedule(step)),
-                    n_window / elapsed, batch)
-        history, t_window, n_window = [], time.perf_counter(), 0
-      if is_ckpt:
-        host = jax.device_get(states)
-        for i, (mngr, it) in enumerate(zip(mngrs, iters)):
-          checkpoint.save(mngr, done, unstack(host, i, models.data_mesh), it)
-        t_window = time.perf_counter()  # Saving is not training time.
-      if stop:
-        break
-  for writer in writers:
-    writer.close()
-  for mngr in mngrs:
-    mngr.close()
-  if guard.stopped_at is not None:
-    raise distributed.Preempted(guard.stopped_at)
+               config.data.name, total, configs[0].batch_size,
+               dict(models.mesh.shape),
+               step_lib.resolve_batching(config.get("model_batching", "auto")))
+
+  def save(done, states):
+    host = jax.device_get(states)
+    for i, (mngr, it) in enumerate(zip(mngrs, iters)):
+      checkpoint.save(mngr, done, unstack(host, i, models.data_mesh), it)
+
+  job = loop.Job(
+      config=config, names=names, workdirs=workdirs, managers=mngrs,
+      step=models.step,
+      next_images=lambda: models.images([next(it) for it in iters]),
+      rng=step_rngs, schedule=models.runs[0].schedule,
+      per_model=lambda m: [{key: v[i] for key, v in m.items()}
+                           for i in range(k)],
+      save=save)
+  with jax.set_mesh(models.mesh):
+    states, last_step = loop.train(job, states, start, total)
   if last_step < total:
     return None
   return _evaluate_all(models, workdirs, jax.device_get(states))
-
-
-def _log_window(writers, history, done, total, lr, steps_per_sec, batch):
-  per_model = {key: np.mean([m[key] for _, m in history], axis=0)
-               for key in history[-1][1]}
-  for i, writer in enumerate(writers):
-    scalars = {key: float(v[i]) for key, v in per_model.items()}
-    scalars.update(learning_rate=lr, steps_per_sec=steps_per_sec,
-                   examples_per_sec=steps_per_sec * batch)
-    writer.write_scalars(done, scalars)
-  loss = per_model["loss"]
-  eta = (total - done) / max(steps_per_sec, 1e-9)
-  logging.info(
-      "step %d/%d  loss %.4f (min %.4f, max %.4f over %d models)  lr %.5f  "
-      "%.1f img/s per model, %.1f img/s in all  ETA %s", done, total,
-      float(np.mean(loss)), float(np.min(loss)), float(np.max(loss)),
-      len(loss), lr, steps_per_sec * batch, steps_per_sec * batch * len(loss),
-      train._format_eta(eta))
 
 
 def _evaluate_all(models: Models, workdirs, host_states) -> dict:

@@ -1,0 +1,267 @@
+"""The one owner of a run's directory: its layout, its config, its results.
+
+A workdir (local or gs://) holds:
+
+  config.json        the run's config, written before training; a resume
+                     under another config is refused
+  .lock              held while a process trains or evaluates in it
+  checkpoints/       orbax checkpoints (`checkpoint.py`)
+  tb/, metrics.jsonl training scalars (`metric_writers.py`)
+  embeddings/        cached embeddings (`embeddings.py`)
+  detectors/         fitted detectors and threshold scores (one_class task)
+  scores.npz         test labels and the score of every detector
+  score_grids.npz, heatmaps/   patch scores and maps (mvtec_patches task)
+  results.json       AUCs and the run's identity, written LAST: a workdir
+                     with it has its other outputs too ("finished")
+  analysis.json      what the study figures need (`analysis/sweeps.py`)
+  summary.json       a K-model program's root: every model's AUCs
+
+`Results` is the record of results.json, read and validated here only;
+`write_results` writes the outputs and then results.json; `find_runs` is how
+`report`, the ensembles, the study grids and `explain` find runs.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import pathlib
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import jax
+import ml_collections
+from etils import epath
+
+from oneclass_jax import config_lib
+from oneclass_jax import files
+
+CONFIG = "config.json"
+CHECKPOINTS = "checkpoints"
+RESULTS = "results.json"
+SCORES = "scores.npz"
+DETECTORS = "detectors"
+EMBEDDINGS = "embeddings"
+ANALYSIS = "analysis.json"
+SUMMARY = "summary.json"
+SCORE_GRIDS = "score_grids.npz"
+HEATMAPS = "heatmaps"
+
+
+def check_name(workdir) -> str:
+  """Refuses an empty --workdir (an unset shell variable, say)."""
+  if workdir is None or not str(workdir).strip():
+    raise ValueError(
+        f"--workdir is empty ({workdir!r}); pass a directory for the run, "
+        "e.g. --workdir=/tmp/oneclass_run (an unset shell variable gives '').")
+  return str(workdir)
+
+
+def lock(workdir):
+  """The workdir lock, taken by process 0 (the other processes are its job).
+
+  A second run on the same workdir fails at once, naming the first
+  (`files.workdir_lock`).
+  """
+  if jax.process_index() == 0:
+    return files.workdir_lock(workdir)
+  return contextlib.nullcontext()
+
+
+def prepare(workdir: str, config) -> None:
+  """Checks `workdir` may train `config` and writes its config.json.
+
+  Every process checks (so all fail alike); only process 0 writes.
+
+  Raises:
+    ValueError: the workdir holds checkpoints without a config.json, or of a
+      different config.
+    PermissionError: the workdir is not writable.
+  """
+  # epath: the workdir may be a gs:// URL.
+  root = epath.Path(workdir)
+  path = root / CONFIG
+  current = config_lib.to_dict(config)
+  if not path.exists() and has_checkpoints(root):
+    raise ValueError(
+        f"Workdir {workdir!r} holds checkpoints but no config.json, so "
+        "nothing says which config trained them; refusing to resume under "
+        "this one. Copy the run's config.json beside its checkpoints, or use "
+        "a new --workdir.")
+  if path.exists():
+    saved = json.loads(path.read_text())
+    diff = config_lib.config_diff(saved, current)
+    if diff and (root / CHECKPOINTS).is_dir():
+      raise ValueError(
+          f"Workdir {workdir!r} holds a run with a different config; refusing "
+          "to resume. Differing fields:\n  " + "\n  ".join(diff) +
+          "\nUse a new --workdir, or the same config to resume.")
+  if jax.process_index() != 0:
+    return
+  try:
+    root.mkdir(parents=True, exist_ok=True)
+    probe = root / ".write_test"
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise PermissionError(f"Workdir {workdir!r} is not writable ({e}); pass "
+                          "a --workdir you can write to.") from e
+  files.write_json(path, current)
+
+
+def has_checkpoints(root) -> bool:
+  ckpt = epath.Path(root) / CHECKPOINTS
+  return ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+  path = files.path(workdir) / CONFIG
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: {workdir!r} is not a "
+                            "workdir written by `oneclass_jax.main`.")
+  return ml_collections.ConfigDict(files.read_json(path))
+
+
+# ----------------------------------------------------------------------------
+# results.json
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+# The keys every results.json holds (both tasks' evaluators write them).
+_SCHEMA: dict[str, Callable[[object], bool]] = {
+    "dataset": lambda v: isinstance(v, str) and bool(v),
+    "inlier_class": lambda v: _is_int(v) or isinstance(v, str),
+    "num_classes": lambda v: _is_int(v) and v > 0,
+    "method": lambda v: isinstance(v, str) and bool(v),
+    "seed": _is_int,
+    "step": _is_int,
+    "embedding": lambda v: v in ("f", "g"),
+    "auc": lambda v: isinstance(v, dict) and bool(v),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Results:
+  """One results.json: the AUCs of one trained model on one task."""
+  path: pathlib.Path  # The workdir.
+  dataset: str
+  inlier_class: int | str
+  num_classes: int
+  method: str
+  seed: int
+  step: int
+  embedding: str
+  auc: dict[str, float]
+  record: Mapping[str, Any]  # Everything results.json holds.
+
+  @property
+  def task_key(self):
+    return (self.dataset, self.inlier_class, self.method, self.embedding,
+            self.seed)
+
+  @property
+  def config(self) -> dict:
+    """The run's config as a dict; an error if results.json has none."""
+    if "config" not in self.record:
+      raise ValueError(f"{self.path / RESULTS}: no 'config'; not written by "
+                       "this project's evaluators.")
+    return self.record["config"]
+
+  @property
+  def baselines(self) -> dict:
+    return self.record.get("baselines", {})
+
+  def scores(self) -> dict[str, Any]:
+    """{'labels': ..., detector: scores} of the run's scores.npz."""
+    return files.load_npz(self.path / SCORES)
+
+  def has_scores(self) -> bool:
+    return (files.path(self.path) / SCORES).exists()
+
+  @classmethod
+  def read(cls, workdir) -> "Results":
+    """Reads and validates `<workdir>/results.json` (or that file's path)."""
+    workdir = pathlib.Path(workdir)
+    path = workdir if workdir.name == RESULTS else workdir / RESULTS
+    try:
+      record = json.loads(files.path(path).read_text())
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(record, dict):
+      raise ValueError(f"{path}: expected a JSON object.")
+    for key, ok in _SCHEMA.items():
+      if key not in record:
+        raise ValueError(f"{path}: missing key {key!r}; results.json must "
+                         f"hold {sorted(_SCHEMA)}.")
+      if not ok(record[key]):
+        raise ValueError(f"{path}: invalid {key!r} = {record[key]!r}.")
+    for name, value in record["auc"].items():
+      if (isinstance(value, bool) or not isinstance(value, (int, float)) or
+          not 0.0 <= value <= 1.0):
+        raise ValueError(f"{path}: auc[{name!r}] = {value!r} is not a "
+                         "number in [0, 1].")
+    return cls(path=path.parent, record=record,
+               auc={k: float(v) for k, v in record["auc"].items()},
+               **{k: record[k] for k in _SCHEMA if k != "auc"})
+
+
+def write_results(workdir, results: Mapping[str, Any],
+                  outputs: Mapping[str, bytes] = ()) -> None:
+  """Writes each of `outputs` ({file name: bytes}), then results.json.
+
+  results.json last, so a workdir that has it has the rest too (sweeps and
+  `launch/` treat it as "finished"). Each file is written atomically.
+  """
+  root = files.path(workdir)
+  for name, data in dict(outputs).items():
+    files.write_atomic(root / name, data)
+  files.write_json(root / RESULTS, dict(results))
+
+
+def finished(workdir) -> bool:
+  """True when `workdir` holds a complete results.json (local or gs://)."""
+  path = epath.Path(workdir) / RESULTS
+  try:
+    return "auc" in json.loads(path.read_text())
+  except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+    return False
+
+
+def unfinished(workdirs: Iterable[str]) -> list[str]:
+  """The workdirs, in order, that do not hold results yet."""
+  return [w for w in workdirs if not finished(w)]
+
+
+def find_runs(roots, *, with_scores: bool = False) -> list[Results]:
+  """Every run (workdir with results.json) under `roots`, recursively.
+
+  Args:
+    roots: a directory or a sequence of them.
+    with_scores: keep only runs whose workdir also holds scores.npz.
+
+  Returns:
+    The validated records, sorted by path.
+
+  Raises:
+    FileNotFoundError: a root that is not a directory, or no run at all.
+  """
+  if isinstance(roots, (str, pathlib.Path)):
+    roots = [roots]
+  roots: Sequence = list(roots)
+  paths = set()
+  for root in roots:
+    root = pathlib.Path(root)
+    if not root.is_dir():
+      raise FileNotFoundError(f"{root} is not a directory.")
+    paths.update(root.rglob(RESULTS))
+  runs = [Results.read(p) for p in sorted(paths)]
+  if with_scores:
+    runs = [r for r in runs if r.has_scores()]
+  if not runs:
+    what = RESULTS + (f" and {SCORES}" if with_scores else "")
+    raise FileNotFoundError(
+        f"No {what} under {[str(r) for r in roots]}; train and "
+        "evaluate first (python -m oneclass_jax.main / oneclass_jax.evaluate).")
+  return runs
