@@ -7,7 +7,7 @@ r"""Stage-1 training throughput: the step, its FLOPs, the input pipeline.
   python benchmarks/train_throughput.py --models=1,2,5,10 --dtypes=bfloat16 ...
   python benchmarks/train_throughput.py --smoke   # tiny, seconds (CI)
 
-For each method x K (models trained at once, `multi.py`) x compute dtype, in
+For each method x K (models trained at once, `trainer/multi.py`) x compute dtype, in
 one process:
 
 * step: the jitted K-model train step (`multi.build(...).step`, K = 1 is one
@@ -28,7 +28,7 @@ one process:
   data) read, stacked and put on the devices, with no step.
 * end to end: the training loop itself, the K loaders feeding the step, one
   device sync at the end, so input reading and compute overlap as in
-  `train.py` / `multi.py`.
+  `trainer/`.
 
 Prints a Markdown table (and writes --json). The load average before and
 after is printed: on a shared machine, only trust runs whose load stayed low.
@@ -355,7 +355,7 @@ def _define_flags():
   flags.DEFINE_integer("num_devices", 1, "Devices (0 = all).")
   flags.DEFINE_integer("model_shards", 1, "Devices along the model axis.")
   flags.DEFINE_enum("batching", "auto", list(step_lib.BATCHING),
-                    "How the K models share a device (multi.py).")
+                    "How the K models share a device (trainer/multi.py).")
   flags.DEFINE_string("dataset", "cifar10", "Dataset name.")
   flags.DEFINE_string("source_dir", "", "Local source (e.g. the unpacked "
                       "CIFAR-10 JPEG copy).")

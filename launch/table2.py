@@ -2,15 +2,15 @@ r"""The jobs of the paper's Table 2 (any cells), for sweep.sh or multi-model run
 
   python launch/table2.py --datasets=cifar10 --out=jobs/table2_cifar10
   launch/sweep.sh --jobs=jobs/table2_cifar10/jobs.txt --root=gs://BUCKET/runs
-  python -m oneclass_jax.report gs://BUCKET/runs   # ours beside the paper
+  python -m oneclass_jax.tools.report gs://BUCKET/runs   # ours beside the paper
 
 A cell is dataset × method; each cell is every inlier class × every seed
 (5 seeds, as the paper). `--out` gets
 - `jobs.txt`: one `DATASET CLASS METHOD SEED` line per run, the format of
   launch/sweep.sh (ROOT/DATASET/METHOD/CLASS/SEED workdirs, which
-  `oneclass_jax.report` reads);
+  `oneclass_jax.tools.report` reads);
 - `multi.sh`: the same runs as one K-model `oneclass_jax.main` program per
-  cell (`config.data.inlier_classes`, `config.seeds`; oneclass_jax/multi.py);
+  cell (`config.data.inlier_classes`, `config.seeds`; oneclass_jax/trainer/multi.py);
 - `plan.md`: per cell the runs, the optimizer steps and images of one run
   (from the config: its epochs, batch and distribution-augmentation copies)
   and the projected accelerator hours at `--images_per_second`, with the

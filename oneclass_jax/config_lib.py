@@ -166,8 +166,8 @@ def base_config(arg) -> ml_collections.ConfigDict:
   c.max_steps_this_run = -1  # > 0: stop early (resumable), no final eval.
   c.num_devices = 0          # 0 = all devices of all hosts.
   c.seeds = ""               # Several seeds at once: '0-4' ('' = seed).
-  c.num_model_shards = 1     # Devices along the model axis (multi.py).
-  c.model_batching = "auto"  # multi.py: vmap, sequential, auto (CPU: seq.).
+  c.num_model_shards = 1     # Devices along the model axis (trainer/multi.py).
+  c.model_batching = "auto"  # trainer/multi.py: vmap, sequential, auto (CPU: seq.).
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3

@@ -263,5 +263,5 @@ def find_runs(roots, *, with_scores: bool = False) -> list[Results]:
     what = RESULTS + (f" and {SCORES}" if with_scores else "")
     raise FileNotFoundError(
         f"No {what} under {[str(r) for r in roots]}; train and "
-        "evaluate first (python -m oneclass_jax.main / oneclass_jax.evaluate).")
+        "evaluate first (python -m oneclass_jax.main / oneclass_jax.tools.evaluate).")
   return runs

@@ -14,8 +14,8 @@ from sklearn import metrics as sk_metrics
 from oneclass_jax.analysis import captions
 from oneclass_jax.analysis import sweeps
 from oneclass_jax.detectors import ensemble as ensemble_lib
-from oneclass_jax import ensemble
-from oneclass_jax import explain
+from oneclass_jax.analysis import ensembles
+from oneclass_jax.analysis import explanations
 from oneclass_jax.trainer import single
 from oneclass_jax.trainer import step as step_lib
 
@@ -196,7 +196,7 @@ def test_figures_and_captions(swept, tmp_path):
 
 def test_explain_writes_figures(swept, tmp_path):
   (workdir,) = swept["workdirs"]
-  out = explain.explain([workdir], "test:2", methods=("ig", "gradcam"),
+  out = explanations.explain([workdir], "test:2", methods=("ig", "gradcam"),
                         baselines=("black",), steps=16, out=str(tmp_path))
   assert (tmp_path / "explain_ig.png").stat().st_size > 1000
   assert (tmp_path / "explain_gradcam.png").stat().st_size > 1000
@@ -207,7 +207,7 @@ def test_explain_writes_figures(swept, tmp_path):
   np.testing.assert_allclose(check["gap"], np.subtract(check["sum"],
                                                        check["delta"]))
   with pytest.raises(ValueError, match="test:N"):
-    explain.explain([workdir], "test:zero", out=str(tmp_path))
+    explanations.explain([workdir], "test:zero", out=str(tmp_path))
 
 
 # ----------------------------------------------------------------------------
@@ -245,7 +245,7 @@ def test_table6_arithmetic(tmp_path):
         s = rng.normal(size=80) * rng.uniform(0.5, 5) + labels * 0.8
         scores[cls, dist, seed] = s
         write_run(tmp_path, "toy", cls, dist, seed, labels, s)
-  tables = ensemble.dataset_tables(ensemble.load_models(tmp_path, "kde"))
+  tables = ensembles.dataset_tables(ensembles.load_models(tmp_path, "kde"))
   t = tables["toy"]
   assert t["columns"] == ["+hflip", "+hflip, +rot90"]
   auc = lambda s: 100 * sk_metrics.roc_auc_score(labels, s)  # noqa: E731
@@ -264,7 +264,7 @@ def test_table6_arithmetic(tmp_path):
   every = np.mean([auc(zscore_mean([scores[c, d, s] for d in sets
                                     for s in seeds])) for c in classes])
   assert t["all_models"] == pytest.approx(every)
-  md = ensemble.to_markdown(tables, "kde")
+  md = ensembles.to_markdown(tables, "kde")
   assert "| ensemble of 3 models |" in md and "Ensemble of 2" in md
   assert "Scale: toy · classes 0,1 · ResNet-10 · 10 steps" in md
   # The ensemble helper is the one the table uses.
@@ -278,8 +278,8 @@ def test_table6_refuses_mismatched_runs(tmp_path):
   write_run(tmp_path, "toy", 0, "first2", 0, labels, np.arange(10.0))
   write_run(tmp_path, "toy", 0, "first2", 1, labels[::-1], np.arange(10.0))
   with pytest.raises(ValueError, match="test labels differ"):
-    ensemble.dataset_tables(ensemble.load_models(tmp_path, "kde"))
+    ensembles.dataset_tables(ensembles.load_models(tmp_path, "kde"))
   with pytest.raises(ValueError, match="no scores of 'ocsvm'"):
-    ensemble.load_models(tmp_path, "ocsvm")
+    ensembles.load_models(tmp_path, "ocsvm")
   with pytest.raises(FileNotFoundError):
-    ensemble.load_models(tmp_path / "nothing", "kde")
+    ensembles.load_models(tmp_path / "nothing", "kde")

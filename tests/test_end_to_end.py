@@ -1,7 +1,7 @@
 """The README's commands as subprocesses, on real data, at CI size.
 
 Fashion-MNIST (the Debian package) and one class of the CIFAR-10 JPEG copy go
-through `python -m oneclass_jax.main` and `python -m oneclass_jax.evaluate`
+through `python -m oneclass_jax.main` and `python -m oneclass_jax.tools.evaluate`
 exactly as a user runs them; a second `main` resumes instead of retraining.
 """
 import json
@@ -47,7 +47,7 @@ def train_evaluate_resume(config_args, tmp_path):
   log = run(["oneclass_jax.main", *config_args, f"--workdir={workdir}",
              *TINY], tmp_path)
   assert "step 12/12" in log
-  run(["oneclass_jax.evaluate", f"--workdir={workdir}",
+  run(["oneclass_jax.tools.evaluate", f"--workdir={workdir}",
        f"--detectors={DETECTORS}"], tmp_path)
   results = check_workdir(workdir)
   steps_before = (workdir / "metrics.jsonl").read_text().count("\n")

@@ -13,7 +13,7 @@ from oneclass_jax import evaluators
 from oneclass_jax import experiment
 from oneclass_jax import models
 from oneclass_jax import parallel
-from oneclass_jax import score
+from oneclass_jax import scoring
 from oneclass_jax.trainer import single
 from test_train import folder  # noqa: F401  (fixture)
 from test_train import folder_config
@@ -36,7 +36,7 @@ def test_extract_sharded_equals_single_device_for_odd_sizes():
                          train=False)
   rng = np.random.default_rng(0)
   images = list(rng.integers(0, 256, (1001, 32, 32, 3), dtype=np.uint8))
-  source = score.ImageList(images)
+  source = scoring.ImageList(images)
   out8 = embeddings.extract(model, variables, source, parallel.make_mesh(8),
                           batch_size=96, rotations=True)
   out1 = embeddings.extract(model, variables, source, parallel.make_mesh(1),
@@ -86,7 +86,7 @@ def test_score_cli_matches_evaluation(trained, folder, tmp_path):  # noqa: F811
   for i, path in enumerate(test_files):
     (images / f"{i:03d}.png").write_bytes(path.read_bytes())
   (images / "broken.png").write_bytes(b"not an image")
-  rows, threshold, problems = score.score_folder(str(trained), images,
+  rows, threshold, problems = scoring.score_folder(str(trained), images,
                                                  detector="kde", fpr=0.1)
   assert len(rows) == len(test_files)
   assert len(problems) == 1 and "broken.png" in problems[0]
@@ -95,7 +95,7 @@ def test_score_cli_matches_evaluation(trained, folder, tmp_path):  # noqa: F811
     np.testing.assert_allclose(value, by_pixels[pixels], rtol=1e-6)
     assert verdict == ("anomalous" if value > threshold else "normal")
   out = tmp_path / "scores.csv"
-  score.write_csv(out, rows, threshold)
+  scoring.write_csv(out, rows, threshold)
   assert out.read_text().splitlines()[0] == "image,score,verdict,threshold"
 
 
@@ -131,7 +131,7 @@ def test_errors(trained, tmp_path):
   with pytest.raises(ValueError, match="Unknown detector 'svdd'"):
     evaluators.evaluate_workdir(str(trained), ["svdd"])
   with pytest.raises(FileNotFoundError, match="No fitted detector 'knn'"):
-    score.load_detector(str(trained), "knn")
+    scoring.load_detector(str(trained), "knn")
   with pytest.raises(ValueError, match="NaN"):
     evaluators.one_class.fit_and_score(["kde"], np.full((5, 3), np.nan), np.ones((2, 3)))
 
@@ -145,12 +145,12 @@ def test_contrastive_model_refuses_rotation_score(folder, tmp_path):  # noqa: F8
 
 def test_image_list_reads_folder_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    score.read_images(tmp_path / "nope", "cifar10", (32, 32, 3))
+    scoring.read_images(tmp_path / "nope", "cifar10", (32, 32, 3))
   (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError, match="No images"):
-    score.read_images(tmp_path / "empty", "cifar10", (32, 32, 3))
+    scoring.read_images(tmp_path / "empty", "cifar10", (32, 32, 3))
   Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "s.png")
-  images, names, problems = score.read_images(tmp_path, "cifar10",
+  images, names, problems = scoring.read_images(tmp_path, "cifar10",
                                               (32, 32, 3))
   assert not images and "model expects (32, 32, 3)" in problems[0]
   del names

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from oneclass_jax import explain
+from oneclass_jax.analysis import explanations
 from oneclass_jax import models
 from oneclass_jax.analysis import gradients
 from oneclass_jax.detectors import kde
@@ -105,8 +105,8 @@ def rotation_model():
 @pytest.mark.parametrize("score", ["kde", "rotation"])
 def test_ig_completeness_through_the_network(rotation_model, score):
   model, variables, images, fit = rotation_model
-  scorer = (explain.kde_scorer(model, variables, fit) if score == "kde"
-            else explain.rotation_scorer(model, variables))
+  scorer = (explanations.kde_scorer(model, variables, fit) if score == "kde"
+            else explanations.rotation_scorer(model, variables))
   # Both baselines in one batch: IG treats the images independently.
   x = jnp.concatenate([images, images])
   base = jnp.concatenate([gradients.make_baseline("black", images),
@@ -137,9 +137,9 @@ def test_gradcam_against_numpy_reference():
 
 def test_gradcam_upsampled_shape_and_sign(rotation_model):
   model, variables, images, fit = rotation_model
-  for scorer in (explain.kde_scorer(model, variables, fit),
-                 explain.rotation_scorer(model, variables),
-                 explain.kde_scorer(model, variables, fit, sign=-1.0)):
+  for scorer in (explanations.kde_scorer(model, variables, fit),
+                 explanations.rotation_scorer(model, variables),
+                 explanations.kde_scorer(model, variables, fit, sign=-1.0)):
     maps = np.asarray(jax.jit(scorer.gradcam_fn)(images))
     assert maps.shape == (2, 32, 32)
     assert np.all(maps >= 0) and np.all(np.isfinite(maps))
@@ -151,7 +151,7 @@ def test_gradcam_upsampled_shape_and_sign(rotation_model):
 def test_apply_from_features_reproduces_the_model(rotation_model):
   model, variables, images, _ = rotation_model
   out = model.apply(variables, images, train=False)
-  again = explain.apply_from_features(model, variables, out["feature_map"],
+  again = explanations.apply_from_features(model, variables, out["feature_map"],
                                       images.shape[1:])
   for key in ("pools", "embeds", "logits"):
     np.testing.assert_allclose(again[key], out[key], rtol=1e-5, atol=1e-6)
@@ -163,13 +163,13 @@ def test_scores_agree_with_the_evaluation_detectors(rotation_model):
   out = model.apply(variables, images, train=False)
   kde_det = kde.KDE().fit(fit)
   np.testing.assert_allclose(
-      explain.kde_scorer(model, variables, fit).score_fn(images),
+      explanations.kde_scorer(model, variables, fit).score_fn(images),
       -kde_det.score(np.asarray(out["pools"])), rtol=1e-4, atol=1e-4)
   logits = np.stack([np.asarray(model.apply(
       variables, jnp.rot90(images, k, axes=(1, 2)), train=False)["logits"])
                      for k in range(4)])
   np.testing.assert_allclose(
-      explain.rotation_scorer(model, variables).score_fn(images),
+      explanations.rotation_scorer(model, variables).score_fn(images),
       -rotation_score.rotation_scores(logits)["rot_sum"], rtol=1e-4,
       atol=1e-5)
 

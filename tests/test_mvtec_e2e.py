@@ -19,7 +19,7 @@ from sklearn import metrics as sk_metrics
 
 from oneclass_jax import experiment
 from oneclass_jax.evaluators import mvtec_patches
-from oneclass_jax import report
+from oneclass_jax.analysis import tables
 import conftest
 from oneclass_jax.mvtec import data as mvtec_data
 from oneclass_jax.trainer import single
@@ -107,7 +107,7 @@ def test_end_to_end(tile_root, tmp_path):
   run = workdir_lib.Results.read(tmp_path)
   assert (run.dataset, run.inlier_class, run.num_classes) == (
       "mvtec", CATEGORY, 1)
-  assert report.aggregate([run]).per_dataset
+  assert tables.aggregate([run]).per_dataset
   with np.load(tmp_path / "scores.npz") as npz:
     labels, scores = npz["labels"], npz["image_kde"]
   np.testing.assert_array_equal(labels, [0] * 3 + [1] * 4)

@@ -29,7 +29,7 @@ from oneclass_jax import evaluators
 from oneclass_jax import files
 from oneclass_jax import metric_writers
 from oneclass_jax import provenance
-from oneclass_jax import score
+from oneclass_jax import scoring
 from oneclass_jax.trainer import loop
 from oneclass_jax.trainer import single
 from test_train import final_params
@@ -93,7 +93,7 @@ def test_score_refuses_detectors_of_another_checkpoint(folder, tmp_path):  # noq
   meta["identity"]["weights"] = "0" * 16
   (wd / "detectors" / "meta.json").write_text(json.dumps(meta))
   with pytest.raises(ValueError, match="weights differ"):
-    score.score_folder(str(wd), folder / "test" / "a", detector="kde")
+    scoring.score_folder(str(wd), folder / "test" / "a", detector="kde")
 
 
 def test_cache_without_identity_is_recomputed(tmp_path):
@@ -436,8 +436,8 @@ def test_size_error_names_the_odd_image_and_the_reference(tmp_path):
 
 def test_score_out_into_a_missing_folder_fails_first(tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    score.check_out(tmp_path / "missing" / "scores.csv")
-  score.check_out(tmp_path / "scores.csv")
+    scoring.check_out(tmp_path / "missing" / "scores.csv")
+  scoring.check_out(tmp_path / "scores.csv")
 
 
 def test_copied_checkpoints_without_config_are_refused(folder, tmp_path):  # noqa: F811

@@ -1,4 +1,4 @@
-"""report.py on synthetic results.json files, against hand-computed tables."""
+"""analysis/tables.py (the report tool's tables) on synthetic results.json files, against hand-computed tables."""
 import csv
 import json
 import math
@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from oneclass_jax import report
+from oneclass_jax.analysis import tables
 
 # toyA: 2 classes × 3 seeds × 2 detectors. AUCs ×100 per seed 0, 1, 2.
 _TOY_A = {
@@ -57,7 +57,7 @@ def _rows(rows, **match):
 
 
 def test_aggregate_matches_hand_computation(root):
-  rep = report.aggregate(report.load_runs([root]))
+  rep = tables.aggregate(tables.load_runs([root]))
   # Per class: kde/0 = 92 ± sqrt((4+0+4)/2) = 2; kde/1 = 83 ± 3;
   # ocsvm/0 = 92 ± sqrt((1+1+4)/2); ocsvm/1 = 74 ± sqrt((16+1+9)/2).
   expected = {("kde", 0): (92, 2), ("kde", 1): (83, 3),
@@ -85,7 +85,7 @@ def test_aggregate_matches_hand_computation(root):
   assert overall["kde"]["num_classes"] == 5
   assert overall["ocsvm"]["auc_pct_mean"] == pytest.approx(83.0)
 
-  md = report.to_markdown(rep)
+  md = tables.to_markdown(rep)
   assert "| clr_da | f | kde | 87.5 ± 2.5 | 70.0 | 77.0 |" in md
   assert "| clr_da | f | ocsvm | 83.0 ± 2.5 |  | 83.0 |" in md
   assert "| 1 | 83.0 ± 3.0 | 74.0 ± 3.6 |" in md
@@ -98,32 +98,32 @@ def test_std_uses_only_seeds_with_every_class(tmp_path):
   # the class means (92 and 81.5).
   table = {"kde": {0: [90, 92, 94], 1: [80, 83]}}
   _write_toy(tmp_path, table, "toyA", 3)
-  (row,) = report.aggregate(report.load_runs([tmp_path])).per_dataset
+  (row,) = tables.aggregate(tables.load_runs([tmp_path])).per_dataset
   assert row["num_seeds_complete"] == 2
   assert row["auc_pct_std"] == pytest.approx(2.5 / math.sqrt(2))
   assert row["auc_pct_mean"] == pytest.approx((92 + 81.5) / 2)
-  md = report.to_markdown(report.aggregate(report.load_runs([tmp_path])))
+  md = tables.to_markdown(tables.aggregate(tables.load_runs([tmp_path])))
   assert "(2/3 classes)" in md
 
 
 def test_bad_inputs(tmp_path):
   with pytest.raises(FileNotFoundError, match="No results.json"):
-    report.load_runs([tmp_path])
+    tables.load_runs([tmp_path])
   d = _write_run(tmp_path, "toyA", 0, 0, {"kde": 1.5}, num_classes=2)
   with pytest.raises(ValueError, match=r"auc\['kde'\] = 1.5"):
-    report.load_runs([tmp_path])
+    tables.load_runs([tmp_path])
   (d / "results.json").write_text(json.dumps({"dataset": "toyA"}))
   with pytest.raises(ValueError, match="missing key 'inlier_class'"):
-    report.load_runs([tmp_path])
+    tables.load_runs([tmp_path])
   (d / "results.json").unlink()
   _write_run(tmp_path / "x", "toyA", 0, 0, {"kde": 0.5}, num_classes=2)
   _write_run(tmp_path / "y", "toyA", 0, 0, {"kde": 0.6}, num_classes=2)
   with pytest.raises(ValueError, match="both hold step 100"):
-    report.load_runs([tmp_path])
+    tables.load_runs([tmp_path])
 
 
 def _run_cli(*args):
-  return subprocess.run([sys.executable, "-m", "oneclass_jax.report", *args],
+  return subprocess.run([sys.executable, "-m", "oneclass_jax.tools.report", *args],
                         capture_output=True, text=True, check=True)
 
 
@@ -135,7 +135,7 @@ def test_cli_writes_tables_and_figures(root, tmp_path):
            kde=rng.normal(size=30) + labels, ocsvm=rng.normal(size=30))
   out = tmp_path / "out"
   _run_cli(str(root / "a"), str(root / "b"), f"--out={out}")
-  expected_md = report.to_markdown(report.aggregate(report.load_runs(
+  expected_md = tables.to_markdown(tables.aggregate(tables.load_runs(
       [root / "a", root / "b"])))
   assert (out / "report.md").read_text() == expected_md
   with open(out / "per_dataset.csv") as f:
@@ -159,11 +159,11 @@ def test_paper_column_beside_ours(tmp_path):
   for cls, auc in ((0, 0.8), (1, 0.9)):
     _write_run(tmp_path, "cifar10", cls, 0, {"kde": auc, "weird": 0.5},
                num_classes=10, method="contrastive_da")
-  rep = report.aggregate(report.load_runs([tmp_path]))
+  rep = tables.aggregate(tables.load_runs([tmp_path]))
   rows = {r["detector"]: r for r in rep.per_dataset}
   assert rows["kde"]["paper_auc_pct"] == 92.4
   assert math.isnan(rows["weird"]["paper_auc_pct"])  # Not in the paper.
-  md = report.to_markdown(rep)
+  md = tables.to_markdown(rep)
   assert ("| cifar10 | contrastive_da | f | kde | 85.0 (2/10 classes) | 92.4 "
           "| -7.4 |") in md
   assert "| weird |" not in md.split("## Beside the paper")[1].split("##")[0]

@@ -5,6 +5,6 @@
 * `sweeps`: grids of training runs and the figures drawn from them.
 * `captions`: the scale line every analysis figure carries.
 
-The binaries are `oneclass_jax.explain`, `oneclass_jax.sweep` and
-`oneclass_jax.ensemble`.
+The binaries are `oneclass_jax.tools.explain`, `oneclass_jax.tools.study` and
+`oneclass_jax.tools.ensemble`.
 """

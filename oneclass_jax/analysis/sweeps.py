@@ -24,7 +24,7 @@ Studies (paper scale = the configs unchanged; `cpu` scale = `CPU_SCALE`):
   over outlier ratios, representation and detector both trained on the
   contaminated set (Figs. 5a, 10) plus clean refits (Figs. 5b/5c, 11).
 * `distaug`: contrastive (DA) over accumulated distribution sets `first<n>`
-  (Fig. 7); the seeds and sets feed `oneclass_jax.ensemble` (Table 6).
+  (Fig. 7); the seeds and sets feed `oneclass_jax.tools.ensemble` (Table 6).
 
 A run's length is the config's (2,048 epochs) unless `images_per_run` is set:
 then every run gets `images_per_run // batch_size` steps, i.e. the same number

@@ -3,7 +3,7 @@
 `one_class`: detectors on embeddings of whole images, AUC per detector.
 `mvtec_patches`: dense patch scoring, detection and localization metrics.
 Each writes the run's `results.json` and its other outputs to the workdir.
-The trainer and `python -m oneclass_jax.evaluate` go through
+The trainer and `python -m oneclass_jax.tools.evaluate` go through
 `evaluate_state` / `evaluate_workdir` here and never name a task.
 """
 from __future__ import annotations

@@ -19,7 +19,7 @@
    test images and per defect type (that type's images plus all good ones).
 
 It writes, to the workdir: `results.json` (the schema of
-`evaluators.one_class`, so `oneclass_jax.report` reads it, with
+`evaluators.one_class`, so `oneclass_jax.tools.report` reads it, with
 auc = {image_kde, pixel_kde, aupro_kde} plus `per_defect`, `timing`,
 `memory_bank` and, with `eval.baselines`, the same metrics for raw-pixel
 patches and an untrained network), `scores.npz` (image labels and scores,

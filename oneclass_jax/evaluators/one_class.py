@@ -5,7 +5,7 @@ test set on every device, fits the detectors of Section 3.2 / Appendix A.1 and
 writes `results.json` (AUC per detector; outliers are the positive class),
 `scores.npz` and the fitted detectors with their threshold scores atomically
 to the workdir. `train_and_evaluate` calls `evaluate_state` at the end of
-training; `python -m oneclass_jax.evaluate` re-evaluates a workdir.
+training; `python -m oneclass_jax.tools.evaluate` re-evaluates a workdir.
 """
 from __future__ import annotations
 

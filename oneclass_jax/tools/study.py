@@ -1,24 +1,24 @@
 r"""Trains a study grid and draws its figures (paper Sections 5.1-5.3).
 
   # Paper scale (an accelerator; configs unchanged, 2,048 epochs per run):
-  python -m oneclass_jax.sweep --study=uniformity --root=runs/uniformity \
+  python -m oneclass_jax.tools.study --study=uniformity --root=runs/uniformity \
       --dataset=cifar10 --classes=0,1,2,3,4,5,6,7,8,9 --seeds=0,1,2,3,4
-  python -m oneclass_jax.sweep --study=contamination --root=runs/contam \
+  python -m oneclass_jax.tools.study --study=contamination --root=runs/contam \
       --dataset=cifar10 --classes=0,1,2,3,4,5,6,7,8,9 --seeds=0,1,2,3,4
-  python -m oneclass_jax.sweep --study=distaug --root=runs/distaug \
+  python -m oneclass_jax.tools.study --study=distaug --root=runs/distaug \
       --dataset=cifar10 --classes=0,1,2,3,4,5,6,7,8,9 --seeds=0,1,2,3,4
   # CPU scale (narrow ResNet-10, every run sees --images_per_run images):
-  python -m oneclass_jax.sweep --study=uniformity --root=/tmp/uni --scale=cpu \
+  python -m oneclass_jax.tools.study --study=uniformity --root=/tmp/uni --scale=cpu \
       --dataset=fashion_mnist --classes=0 --seeds=0 \
       --batch_sizes=8,16,32,64,128 --head_depths=0,2,8 --images_per_run=6400
   # Figures only, from runs already there:
-  python -m oneclass_jax.sweep --study=uniformity --root=/tmp/uni --plot_only \
+  python -m oneclass_jax.tools.study --study=uniformity --root=/tmp/uni --plot_only \
       --out=docs/figures
 
 Runs go to `<root>/<model>/<setting>/<dataset>_<class>/seed<seed>`; a run whose
 results.json exists is skipped (so an interrupted sweep continues where it
 stopped), then `analysis.json` is added (see `analysis/sweeps.py`; not for
-`distaug`, whose Table 6 comes from `python -m oneclass_jax.ensemble ROOT`).
+`distaug`, whose Table 6 comes from `python -m oneclass_jax.tools.ensemble ROOT`).
 Figures go to `--out` (default `<root>/figures`), with `summary_<study>.csv`
 of every run.
 Each figure states the scale of the runs it was drawn from.
@@ -39,6 +39,47 @@ from oneclass_jax import files
 from oneclass_jax import parallel
 from oneclass_jax.analysis import sweeps
 
+
+
+flags.DEFINE_enum("study", None, list(sweeps.STUDIES), "Which grid.")
+flags.DEFINE_string("root", None, "Directory of the study's workdirs.")
+flags.DEFINE_string("dataset", "cifar10", "Dataset of every run.")
+flags.DEFINE_list("classes", ["0"], "Inlier classes.")
+flags.DEFINE_list("seeds", ["0"], "Seeds.")
+flags.DEFINE_enum("scale", "paper", list(sweeps.SCALES),
+                  "paper: configs unchanged; cpu: sweeps.CPU_SCALE.")
+flags.DEFINE_integer("images_per_run", 0, "> 0: every run trains on this "
+                     "many images (steps = images // batch size); 0: the "
+                     "config's epochs.")
+flags.DEFINE_list("methods", None, "Models (configs/<name>.py); default: "
+                  "the study's.")
+flags.DEFINE_list("batch_sizes", None, "uniformity: batch sizes.")
+flags.DEFINE_list("head_depths", None, "uniformity: MLP head depths.")
+flags.DEFINE_list("depth_methods", None, "uniformity: models of the depth "
+                  "runs (default: --methods).")
+flags.DEFINE_integer("depth_batch_size", 32, "uniformity: batch size of "
+                     "the depth runs.")
+flags.DEFINE_integer("default_depth", 8, "uniformity: head depth of the "
+                     "batch-size runs.")
+flags.DEFINE_list("ratios_pct", None, "contamination: outlier ratios in %.")
+flags.DEFINE_list("clean_fits", None, "contamination: clean-inlier counts "
+                  "for the refitted detectors.")
+flags.DEFINE_list("dist_sets", None, "distaug: dist_aug values "
+                  "(first1..first8, rot90, ...).")
+flags.DEFINE_list("detectors", None, "Detectors of every run (default: "
+                  "the study's).")
+flags.DEFINE_string("plot_detector", None, "Detector drawn in the plots.")
+flags.DEFINE_multi_string("override", None, "Extra config override "
+                          "key.sub=value (repeatable).")
+flags.DEFINE_string("configs_dir", str(sweeps.CONFIGS_DIR),
+                    "The repo's configs/ directory.")
+flags.DEFINE_integer("mmd_points", 2000, "At most this many test inliers "
+                     "in the MMD.")
+flags.DEFINE_bool("plot_only", False, "Only draw figures from --root.")
+flags.DEFINE_bool("dry_run", False, "Print the grid and stop.")
+flags.DEFINE_string("out", None, "Figures directory (default "
+                    "<root>/figures).")
+flags.mark_flags_as_required(["study", "root"])
 
 def _ints(values):
   return [int(v) for v in values] if values else None
@@ -120,49 +161,5 @@ def main(argv):
   logging.info("Wrote %s", _write_summary(f.root, out, f.study))
 
 
-def _define_flags():
-  """Flags live here, not at import: tests import several binaries at once."""
-  flags.DEFINE_enum("study", None, list(sweeps.STUDIES), "Which grid.")
-  flags.DEFINE_string("root", None, "Directory of the study's workdirs.")
-  flags.DEFINE_string("dataset", "cifar10", "Dataset of every run.")
-  flags.DEFINE_list("classes", ["0"], "Inlier classes.")
-  flags.DEFINE_list("seeds", ["0"], "Seeds.")
-  flags.DEFINE_enum("scale", "paper", list(sweeps.SCALES),
-                    "paper: configs unchanged; cpu: sweeps.CPU_SCALE.")
-  flags.DEFINE_integer("images_per_run", 0, "> 0: every run trains on this "
-                       "many images (steps = images // batch size); 0: the "
-                       "config's epochs.")
-  flags.DEFINE_list("methods", None, "Models (configs/<name>.py); default: "
-                    "the study's.")
-  flags.DEFINE_list("batch_sizes", None, "uniformity: batch sizes.")
-  flags.DEFINE_list("head_depths", None, "uniformity: MLP head depths.")
-  flags.DEFINE_list("depth_methods", None, "uniformity: models of the depth "
-                    "runs (default: --methods).")
-  flags.DEFINE_integer("depth_batch_size", 32, "uniformity: batch size of "
-                       "the depth runs.")
-  flags.DEFINE_integer("default_depth", 8, "uniformity: head depth of the "
-                       "batch-size runs.")
-  flags.DEFINE_list("ratios_pct", None, "contamination: outlier ratios in %.")
-  flags.DEFINE_list("clean_fits", None, "contamination: clean-inlier counts "
-                    "for the refitted detectors.")
-  flags.DEFINE_list("dist_sets", None, "distaug: dist_aug values "
-                    "(first1..first8, rot90, ...).")
-  flags.DEFINE_list("detectors", None, "Detectors of every run (default: "
-                    "the study's).")
-  flags.DEFINE_string("plot_detector", None, "Detector drawn in the plots.")
-  flags.DEFINE_multi_string("override", None, "Extra config override "
-                            "key.sub=value (repeatable).")
-  flags.DEFINE_string("configs_dir", str(sweeps.CONFIGS_DIR),
-                      "The repo's configs/ directory.")
-  flags.DEFINE_integer("mmd_points", 2000, "At most this many test inliers "
-                       "in the MMD.")
-  flags.DEFINE_bool("plot_only", False, "Only draw figures from --root.")
-  flags.DEFINE_bool("dry_run", False, "Print the grid and stop.")
-  flags.DEFINE_string("out", None, "Figures directory (default "
-                      "<root>/figures).")
-  flags.mark_flags_as_required(["study", "root"])
-
-
 if __name__ == "__main__":
-  _define_flags()
   app.run(main)

@@ -1,6 +1,6 @@
 r"""Re-evaluates a trained workdir (stage 2), with the detectors of its task.
 
-  python -m oneclass_jax.evaluate --workdir=/tmp/run [--detectors=kde,ocsvm] [--embedding=f]
+  python -m oneclass_jax.tools.evaluate --workdir=/tmp/run [--detectors=kde,ocsvm] [--embedding=f]
 
 Restores the newest intact checkpoint of a workdir written by
 `oneclass_jax.main` and runs the evaluator of its task

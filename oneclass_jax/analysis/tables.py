@@ -1,9 +1,9 @@
-r"""Aggregates evaluation results into the paper's tables (Table 2, 8-11).
+"""Aggregates evaluation results into the paper's tables (Table 2, 8-11).
 
-  python -m oneclass_jax.report WORKDIR... [--out=DIR]
+Command line: `python -m oneclass_jax.tools.report` (see there).
 
 Walks every WORKDIR recursively for `results.json` files (written by
-`oneclass_jax.evaluate`), groups them by (dataset, method, embedding,
+`oneclass_jax.tools.evaluate`), groups them by (dataset, method, embedding,
 detector) and reports AUC ×100 with one decimal:
 
 * per class: mean ± std over seeds (Tables 8-11);
@@ -36,8 +36,6 @@ import pathlib
 import re
 from typing import Callable, Optional, Sequence
 
-from absl import app
-from absl import flags
 from absl import logging
 import matplotlib
 matplotlib.use("Agg")  # Files only; no display on TPU VMs or in CI.
@@ -49,9 +47,6 @@ from oneclass_jax import paper
 from oneclass_jax import workdir as workdir_lib
 from oneclass_jax.workdir import Results
 
-_OUT = flags.DEFINE_string(
-    "out", None, "Directory for report.md, CSVs and figures; default: print "
-    "the Markdown to stdout.")
 
 def load_runs(dirs: Sequence) -> list[Results]:
   """Valid runs under `dirs`, one per task (the latest step wins)."""
@@ -342,21 +337,3 @@ def write_report(report: Report, out: pathlib.Path,
       except ValueError as e:
         raise ValueError(f"{run.path / workdir_lib.SCORES}: {e}") from e
   return written
-
-
-def main(argv):
-  dirs = argv[1:]
-  if not dirs:
-    raise app.UsageError("Give one or more directories to search for "
-                         f"{workdir_lib.RESULTS}.")
-  runs = load_runs(dirs)
-  report = aggregate(runs)
-  if _OUT.value is None:
-    print(to_markdown(report), end="")
-    return
-  for path in write_report(report, pathlib.Path(_OUT.value), runs):
-    logging.info("Wrote %s", path)
-
-
-if __name__ == "__main__":
-  app.run(main)

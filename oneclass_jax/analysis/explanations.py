@@ -1,13 +1,12 @@
-r"""Visual explanations of deep one-class classifiers (Sections 3.2.1, 5.4).
+"""Visual explanations of deep one-class classifiers (Sections 3.2.1, 5.4).
 
-  python -m oneclass_jax.explain --workdir=DIR[,DIR2,...] --images=test:8 \
-      [--method=ig,gradcam] [--baselines=black,blur] [--steps=64] [--out=DIR]
+Command line: `python -m oneclass_jax.tools.explain` (see there).
 
 For every trained workdir this builds end-to-end differentiable scores of an
 image and explains them with `analysis.gradients`:
 
 * KDE (every model): the normality KDE_γ(f(x)) of paper Eq. 6, with the
-  detector fitted on the workdir's fit set exactly as `oneclass_jax.evaluate`
+  detector fitted on the workdir's fit set exactly as `oneclass_jax.tools.evaluate`
   fits it (L2-normalised f, γ = 10 / (d·Var)); the gradient flows through
   the L2 normalisation and the network (Section 3.2.1).
 * Rotation classifier (rotation models): Σ_k log p(y = k | rot_k x), the
@@ -41,8 +40,6 @@ import os
 import pathlib
 from typing import Callable, Sequence
 
-from absl import app
-from absl import flags
 from absl import logging
 import flax.linen as nn
 import jax
@@ -431,45 +428,3 @@ def explain(workdirs: Sequence[str], images_spec: str, *,
     logging.info("Wrote %s", path)
   files.write_atomic(out_dir / "explain.json", json.dumps(results, indent=2))
   return results
-
-
-def _define_flags():
-  """Flags live here, not at import: tests import several binaries at once."""
-  flags.DEFINE_list("workdir", None, "Trained workdir(s); one column group "
-                    "each, in this order.")
-  flags.DEFINE_string("images", "test:8", "test:N, test:idx=i,j,... or image "
-                      "files/globs separated by commas.")
-  flags.DEFINE_list("method", ["ig", "gradcam"], "ig and/or gradcam.")
-  flags.DEFINE_list("baselines", ["black", "blur"], "IG baselines: black, "
-                    "blur.")
-  flags.DEFINE_integer("steps", 64, "IG trapezoidal intervals.")
-  flags.DEFINE_float("blur_sigma", 0.0, "Blur baseline sigma in pixels "
-                     "(0 = image side / 8).")
-  flags.DEFINE_enum("target", "normality", ["normality", "anomaly"],
-                    "Explain the normality score (paper) or its negation.")
-  flags.DEFINE_list("scores", ["auto"], "auto, or kde and/or rotation.")
-  flags.DEFINE_enum("embedding", "f", ["f", "g"], "Representation the KDE is "
-                    "fitted on.")
-  flags.DEFINE_integer("fit_max", 0, "Fit the KDE on at most this many "
-                       "fit-set images (0 = all).")
-  flags.DEFINE_integer("seed", 0, "Draws test images and fit subsets.")
-  flags.DEFINE_integer("chunk", 8, "IG path points per network pass.")
-  flags.DEFINE_float("ig_tolerance", 0.05, "Largest accepted relative "
-                     "completeness gap.")
-  flags.DEFINE_string("out", None, "Output dir (default: <first "
-                      "workdir>/explain).")
-  flags.mark_flags_as_required(["workdir"])
-
-
-def main(argv):
-  del argv
-  f = flags.FLAGS
-  explain(f.workdir, f.images, methods=f.method, baselines=f.baselines,
-          steps=f.steps, blur_sigma=f.blur_sigma or None, target=f.target,
-          scores=f.scores, embedding=f.embedding, fit_max=f.fit_max,
-          seed=f.seed, chunk=f.chunk, ig_tolerance=f.ig_tolerance, out=f.out)
-
-
-if __name__ == "__main__":
-  _define_flags()
-  app.run(main)

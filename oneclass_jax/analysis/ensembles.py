@@ -1,9 +1,9 @@
-r"""Score ensembles over seeds and distribution sets: paper Table 6 / Fig. 7.
+"""Score ensembles over seeds and distribution sets: paper Table 6 / Fig. 7.
 
-  python -m oneclass_jax.ensemble ROOT [--detector=kde] [--out=DIR]
+Command line: `python -m oneclass_jax.tools.ensemble` (see there).
 
 Reads every run under ROOT that has `results.json` and `scores.npz` (written
-by `oneclass_jax.evaluate`) and groups them:
+by `oneclass_jax.tools.evaluate`) and groups them:
 
 * a *task* is (dataset, inlier class): all its runs must score the same test
   set (identical label vectors);
@@ -24,7 +24,7 @@ Per task, with the scores of `--detector`:
   ensembles every model of the task (families × seeds; 25 in the paper).
 
 Dataset values average the task values over classes; a "±" is the sample std
-over seeds of the per-seed class means (as `oneclass_jax.report`), so only
+over seeds of the per-seed class means (as `oneclass_jax.tools.report`), so only
 seeds present for every class enter it. AUCs are ×100 with one decimal.
 """
 from __future__ import annotations
@@ -38,12 +38,9 @@ import math
 import pathlib
 from typing import Sequence
 
-from absl import app
-from absl import flags
 import numpy as np
 
 from oneclass_jax import config_lib
-from oneclass_jax import files
 from oneclass_jax import metrics
 from oneclass_jax import workdir as workdir_lib
 from oneclass_jax.analysis import captions
@@ -245,27 +242,3 @@ def to_csv(tables: dict[str, dict]) -> str:
     writer.writerow([dataset, "ensemble of settings", f"{m:.4f}",
                      f"{s:.4f}", f"{t['all_models']:.4f}"])
   return buf.getvalue()
-
-
-def main(argv):
-  if len(argv) < 2:
-    raise app.UsageError("Give one or more directories of runs.")
-  f = flags.FLAGS
-  models = [m for root in argv[1:] for m in load_models(root, f.detector)]
-  tables = dataset_tables(models)
-  md = to_markdown(tables, f.detector)
-  if not f.out:
-    print(md)
-    return
-  out = pathlib.Path(f.out)
-  out.mkdir(parents=True, exist_ok=True)
-  for name, text in (("table6.md", md), ("table6.csv", to_csv(tables))):
-    files.write_atomic(out / name, text)
-
-
-if __name__ == "__main__":
-  flags.DEFINE_string("detector", "kde", "Detector whose scores are "
-                      "ensembled (a key of scores.npz).")
-  flags.DEFINE_string("out", None, "Write table6.md and table6.csv here "
-                      "(default: print the Markdown).")
-  app.run(main)

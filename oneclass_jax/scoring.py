@@ -1,7 +1,6 @@
-r"""Scores a folder of new images with a trained model and a fitted detector.
+"""Scores a folder of new images with a trained model and a fitted detector.
 
-  python -m oneclass_jax.score --workdir=DIR --images=FOLDER --out=scores.csv \
-      [--detector=kde] [--fpr=0.05]
+Command line: `python -m oneclass_jax.tools.score` (see there).
 
 Beyond the paper: what a production line needs. The detector is the one the
 evaluation fitted on all training inliers (`workdir/detectors/`), so a scored
@@ -18,8 +17,6 @@ import pathlib
 import pickle
 
 import numpy as np
-from absl import app
-from absl import flags
 from absl import logging
 
 from oneclass_jax import detectors
@@ -82,14 +79,14 @@ def load_detector(workdir, name):
   if not path.exists() or not (root / "meta.json").exists():
     raise FileNotFoundError(
         f"No fitted detector {name!r} in {root}: run `python -m "
-        f"oneclass_jax.evaluate --workdir={workdir} --detectors={name}`.")
+        f"oneclass_jax.tools.evaluate --workdir={workdir} --detectors={name}`.")
   meta = files.read_json(root / "meta.json")
   if meta.get("format") != evaluators.one_class.DETECTORS_FORMAT:
     raise ValueError(
         f"{root} holds detectors of format {meta.get('format', 1)}; this "
         f"version scores with format {evaluators.one_class.DETECTORS_FORMAT} (scores "
         "normalised by the fitted rows, cross-fitted thresholds): run "
-        f"`python -m oneclass_jax.evaluate --workdir={workdir}` to refit them.")
+        f"`python -m oneclass_jax.tools.evaluate --workdir={workdir}` to refit them.")
   detector = pickle.loads(path.read_bytes())
   heldout = files.load_npz(root / "heldout_scores.npz")[name]
   return detector, meta, heldout
@@ -108,7 +105,7 @@ def score_folder(workdir, folder, *, detector="kde", fpr=0.05):
     raise ValueError(
         f"The detectors in {workdir}/detectors were not fitted on this "
         f"workdir's latest checkpoint, config and data ({', '.join(stale)} "
-        f"differ): run `python -m oneclass_jax.evaluate --workdir={workdir}` "
+        f"differ): run `python -m oneclass_jax.tools.evaluate --workdir={workdir}` "
         "first.")
   image_shape = tuple(run.data.test[0]["image"].shape)
   images, names, problems = read_images(folder, config.data.name,
@@ -144,26 +141,3 @@ def check_out(path) -> None:
   if not files.is_remote(parent) and not parent.is_dir():
     raise FileNotFoundError(f"--out={path}: folder {parent} does not exist; "
                             "create it or pass another --out.")
-
-
-def main(argv):
-  del argv
-  f = flags.FLAGS
-  check_out(f.out)
-  rows, threshold, problems = score_folder(f.workdir, f.images,
-                                           detector=f.detector, fpr=f.fpr)
-  write_csv(f.out, rows, threshold)
-  flagged = sum(v == "anomalous" for _, _, v in rows)
-  print(f"Scored {len(rows)} images ({flagged} anomalous at threshold "
-        f"{threshold:.5g}, target FPR {f.fpr}); {len(problems)} skipped. "
-        f"Wrote {f.out}.")
-
-
-if __name__ == "__main__":
-  flags.DEFINE_string("workdir", None, "A trained and evaluated workdir.")
-  flags.DEFINE_string("images", None, "Folder of images to score.")
-  flags.DEFINE_string("out", "scores.csv", "Output CSV.")
-  flags.DEFINE_string("detector", "kde", "A detector fitted by evaluate.")
-  flags.DEFINE_float("fpr", 0.05, "Target false-positive rate on inliers.")
-  flags.mark_flags_as_required(["workdir", "images"])
-  app.run(main)
