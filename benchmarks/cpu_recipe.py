@@ -65,7 +65,7 @@ def run_all(root: pathlib.Path) -> None:
   # pylint: disable=g-import-not-at-top
   from oneclass_jax import config_lib
   from oneclass_jax.trainer import single
-  from oneclass_jax.analysis import sweeps
+  from oneclass_jax.analysis import grids
   # pylint: enable=g-import-not-at-top
   if not FLAGS.cifar10_dir:
     raise app.UsageError("--cifar10_dir is needed to train.")
@@ -74,7 +74,7 @@ def run_all(root: pathlib.Path) -> None:
     record = workdir(pathlib.Path(FLAGS.records), cls, FLAGS.seed)
     if (record / "results.json").exists():
       continue
-    config = sweeps.load_config("cifar10_cpu", f"inlier_class={cls},"
+    config = grids.load_config("cifar10_cpu", f"inlier_class={cls},"
                                 f"seed={FLAGS.seed}")
     config.unlock()
     config.data.source_dir = FLAGS.cifar10_dir

@@ -70,8 +70,8 @@ ORDERINGS = (
 
 def scaled_config(method, dataset, inlier_class, source_dir):
   """The paper's config of `method`, shrunk to the CPU scale of the flags."""
-  from oneclass_jax.analysis import sweeps  # pylint: disable=g-import-not-at-top
-  c = sweeps.load_config(method, f"dataset={dataset},"
+  from oneclass_jax.analysis import grids  # pylint: disable=g-import-not-at-top
+  c = grids.load_config(method, f"dataset={dataset},"
                          f"inlier_class={inlier_class},seed={FLAGS.seed}")
   c.unlock()
   c.model.width = FLAGS.width

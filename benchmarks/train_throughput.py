@@ -53,7 +53,7 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
-from oneclass_jax.analysis import sweeps
+from oneclass_jax.analysis import grids
 from oneclass_jax.trainer import multi
 from oneclass_jax.trainer import step as step_lib
 
@@ -64,7 +64,7 @@ def make_config(method, *, num_models, dtype, width=1.0, batch=0,
                 num_devices=1, model_shards=1, batching="auto",
                 tiny=False):
   """The config of K = num_models models (inlier classes 0..K-1)."""
-  c = sweeps.load_config(method, f"dataset={dataset}")
+  c = grids.load_config(method, f"dataset={dataset}")
   c.unlock()
   c.model.width, c.model.stem_width = width, max(1, round(64 * width))
   c.model.dtype = dtype

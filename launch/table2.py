@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 # pylint: disable=wrong-import-position
 from oneclass_jax import config_lib  # noqa: E402
 from oneclass_jax import paper  # noqa: E402
-from oneclass_jax.analysis import sweeps  # noqa: E402
+from oneclass_jax.analysis import grids  # noqa: E402
 from oneclass_jax.data import one_class  # noqa: E402
 from oneclass_jax.data import sources  # noqa: E402
 # pylint: enable=wrong-import-position
@@ -60,7 +60,7 @@ flags.DEFINE_float("images_per_second", 0.0, "Measured training rate "
 def cell_plan(dataset: str, method: str, classes: list[int],
               seeds: list[int], train_size: int) -> dict:
   """Runs, steps and images of one cell, from the method's own config."""
-  config = sweeps.load_config(method, f"dataset={dataset}")
+  config = grids.load_config(method, f"dataset={dataset}")
   copies = len(one_class.dist_aug_transforms(config.data.dist_aug))
   steps_per_epoch = train_size * copies // config.batch_size
   steps = config_lib.num_train_steps(config, steps_per_epoch)

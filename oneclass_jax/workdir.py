@@ -13,7 +13,7 @@ A workdir (local or gs://) holds:
   score_grids.npz, heatmaps/   patch scores and maps (mvtec_patches task)
   results.json       AUCs and the run's identity, written LAST: a workdir
                      with it has its other outputs too ("finished")
-  analysis.json      what the study figures need (`analysis/sweeps.py`)
+  analysis.json      what the study figures need (`analysis/study_runs.py`)
   summary.json       a K-model program's root: every model's AUCs
 
 `Results` is the record of results.json, read and validated here only;

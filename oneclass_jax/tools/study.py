@@ -17,7 +17,7 @@ r"""Trains a study grid and draws its figures (paper Sections 5.1-5.3).
 
 Runs go to `<root>/<model>/<setting>/<dataset>_<class>/seed<seed>`; a run whose
 results.json exists is skipped (so an interrupted sweep continues where it
-stopped), then `analysis.json` is added (see `analysis/sweeps.py`; not for
+stopped), then `analysis.json` is added (see `analysis/study_runs.py`; not for
 `distaug`, whose Table 6 comes from `python -m oneclass_jax.tools.ensemble ROOT`).
 Figures go to `--out` (default `<root>/figures`), with `summary_<study>.csv`
 of every run.
@@ -37,17 +37,20 @@ from absl import logging
 
 from oneclass_jax import files
 from oneclass_jax import parallel
-from oneclass_jax.analysis import sweeps
+from oneclass_jax.analysis import grids
+from oneclass_jax.analysis import study_figures
+from oneclass_jax.analysis import study_records
+from oneclass_jax.analysis import study_runs
 
 
 
-flags.DEFINE_enum("study", None, list(sweeps.STUDIES), "Which grid.")
+flags.DEFINE_enum("study", None, list(grids.STUDIES), "Which grid.")
 flags.DEFINE_string("root", None, "Directory of the study's workdirs.")
 flags.DEFINE_string("dataset", "cifar10", "Dataset of every run.")
 flags.DEFINE_list("classes", ["0"], "Inlier classes.")
 flags.DEFINE_list("seeds", ["0"], "Seeds.")
-flags.DEFINE_enum("scale", "paper", list(sweeps.SCALES),
-                  "paper: configs unchanged; cpu: sweeps.CPU_SCALE.")
+flags.DEFINE_enum("scale", "paper", list(grids.SCALES),
+                  "paper: configs unchanged; cpu: grids.CPU_SCALE.")
 flags.DEFINE_integer("images_per_run", 0, "> 0: every run trains on this "
                      "many images (steps = images // batch size); 0: the "
                      "config's epochs.")
@@ -71,7 +74,7 @@ flags.DEFINE_list("detectors", None, "Detectors of every run (default: "
 flags.DEFINE_string("plot_detector", None, "Detector drawn in the plots.")
 flags.DEFINE_multi_string("override", None, "Extra config override "
                           "key.sub=value (repeatable).")
-flags.DEFINE_string("configs_dir", str(sweeps.CONFIGS_DIR),
+flags.DEFINE_string("configs_dir", str(grids.CONFIGS_DIR),
                     "The repo's configs/ directory.")
 flags.DEFINE_integer("mmd_points", 2000, "At most this many test inliers "
                      "in the MMD.")
@@ -85,11 +88,11 @@ def _ints(values):
   return [int(v) for v in values] if values else None
 
 
-def _specs(f) -> list[sweeps.RunSpec]:
+def _specs(f) -> list[grids.RunSpec]:
   common = dict(dataset=f.dataset, classes=_ints(f.classes),
                 seeds=_ints(f.seeds), detectors=f.detectors or None)
   if f.study == "uniformity":
-    return sweeps.uniformity_grid(
+    return grids.uniformity_grid(
         methods=f.methods or None, batch_sizes=_ints(f.batch_sizes),
         head_depths=_ints(f.head_depths),
         depth_methods=f.depth_methods or None,
@@ -98,9 +101,9 @@ def _specs(f) -> list[sweeps.RunSpec]:
   if f.study == "contamination":
     ratios = ([float(r) / 100.0 for r in f.ratios_pct]
               if f.ratios_pct else None)
-    return sweeps.contamination_grid(methods=f.methods or None,
+    return grids.contamination_grid(methods=f.methods or None,
                                      ratios=ratios, **common)
-  return sweeps.distaug_grid(dist_sets=f.dist_sets or None, **common)
+  return grids.distaug_grid(dist_sets=f.dist_sets or None, **common)
 
 
 def _analyze_fn(f):
@@ -108,12 +111,12 @@ def _analyze_fn(f):
   if f.study == "distaug":
     return None
   clean = _ints(f.clean_fits) or list(
-      sweeps.DEFAULTS["contamination"]["clean_fits"])
+      grids.DEFAULTS["contamination"]["clean_fits"])
   kwargs = {
       "uniformity": dict(mmd=True, auc_g=True),
       "contamination": dict(mmd=False, auc_g=False, clean_fits=clean),
   }[f.study]
-  return functools.partial(sweeps.analyze_run, mesh=parallel.make_mesh(),
+  return functools.partial(study_runs.analyze_run, mesh=parallel.make_mesh(),
                            mmd_points=f.mmd_points, **kwargs)
 
 
@@ -128,7 +131,7 @@ def _plot_kwargs(f) -> dict:
 
 
 def _write_summary(root: str, out: pathlib.Path, study: str) -> pathlib.Path:
-  rows = sweeps.summary_rows(sweeps.load_records(root))
+  rows = study_records.summary_rows(study_records.load_records(root))
   columns = sorted({k for r in rows for k in r},
                    key=lambda k: (k.startswith(("auc", "mmd", "clean")), k))
   path = out / f"summary_{study}.csv"
@@ -151,12 +154,12 @@ def main(argv):
       for spec in specs:
         print(spec.name, spec.config, dict(spec.overrides))
       return
-    build = functools.partial(sweeps.build_config, scale=f.scale,
+    build = functools.partial(grids.build_config, scale=f.scale,
                               images_per_run=f.images_per_run,
                               extra=f.override or (),
                               configs_dir=f.configs_dir)
-    sweeps.run_grid(specs, f.root, build=build, analyze=_analyze_fn(f))
-  for path in sweeps.plot_study(f.study, f.root, out, **_plot_kwargs(f)):
+    study_runs.run_grid(specs, f.root, build=build, analyze=_analyze_fn(f))
+  for path in study_figures.plot_study(f.study, f.root, out, **_plot_kwargs(f)):
     logging.info("Wrote %s", path)
   logging.info("Wrote %s", _write_summary(f.root, out, f.study))
 

@@ -12,7 +12,10 @@ import pytest
 from sklearn import metrics as sk_metrics
 
 from oneclass_jax.analysis import captions
-from oneclass_jax.analysis import sweeps
+from oneclass_jax.analysis import grids
+from oneclass_jax.analysis import study_figures
+from oneclass_jax.analysis import study_records
+from oneclass_jax.analysis import study_runs
 from oneclass_jax.detectors import ensemble as ensemble_lib
 from oneclass_jax.analysis import ensembles
 from oneclass_jax.analysis import explanations
@@ -58,7 +61,7 @@ def tiny_build(folder, tmp_path_factory):
   root, _ = folder
   data_dir = tmp_path_factory.mktemp("sweep_tfds")
   return functools.partial(
-      sweeps.build_config, images_per_run=64,
+      grids.build_config, images_per_run=64,
       extra=TINY + (f"data.source_dir={root}", f"data.data_dir={data_dir}"))
 
 
@@ -67,7 +70,7 @@ def swept(folder, tmp_path_factory):
   """One contaminated contrastive run through run_grid, with a spy on the
   train step that records every argument the step receives."""
   build = tiny_build(folder, tmp_path_factory)
-  specs = sweeps.contamination_grid(
+  specs = grids.contamination_grid(
       dataset="image_folder", classes=[0], seeds=[0],
       methods=["contrastive"], ratios=[RATIO], detectors=("kde", "gde"))
   root = tmp_path_factory.mktemp("sweep_runs")
@@ -88,11 +91,11 @@ def swept(folder, tmp_path_factory):
     calls.append(workdir)
     return single.train_and_evaluate(config, workdir)
 
-  analyze = functools.partial(sweeps.analyze_run, clean_fits=(5,))
+  analyze = functools.partial(study_runs.analyze_run, clean_fits=(5,))
   mp = pytest.MonkeyPatch()
   mp.setattr(step_lib, "shard_step", spy_shard_step)
   try:
-    workdirs = sweeps.run_grid(specs, str(root), build=build,
+    workdirs = study_runs.run_grid(specs, str(root), build=build,
                                analyze=analyze, train_fn=counting_train)
   finally:
     mp.undo()
@@ -137,52 +140,52 @@ def test_run_grid_writes_results_and_analysis(swept):
 
 def test_finished_runs_are_skipped_and_checked(swept):
   n = len(swept["calls"])
-  sweeps.run_grid(swept["specs"], str(swept["root"]), build=swept["build"],
+  study_runs.run_grid(swept["specs"], str(swept["root"]), build=swept["build"],
                   analyze=swept["analyze"], train_fn=swept["counting_train"])
   assert len(swept["calls"]) == n == 1
   other = functools.partial(swept["build"], extra=swept["build"].keywords[
       "extra"] + ("optim.learning_rate=0.5",))
   with pytest.raises(ValueError, match="optim.learning_rate"):
-    sweeps.run_grid(swept["specs"], str(swept["root"]), build=other,
+    study_runs.run_grid(swept["specs"], str(swept["root"]), build=other,
                     train_fn=swept["counting_train"])
 
 
 def test_clean_rows_are_true_inliers():
   true = np.array([0, 1, 0, 0, 1, 0, 0, 1, 0, 0])
-  rows = sweeps.clean_rows(true, 4, seed=3)
+  rows = study_runs.clean_rows(true, 4, seed=3)
   assert len(rows) == 4 == len(set(rows.tolist()))
   assert np.all(true[rows] == 0) and np.all(np.diff(rows) > 0)
-  np.testing.assert_array_equal(rows, sweeps.clean_rows(true, 4, seed=3))
+  np.testing.assert_array_equal(rows, study_runs.clean_rows(true, 4, seed=3))
   with pytest.raises(ValueError, match="only 7"):
-    sweeps.clean_rows(true, 8, seed=0)
+    study_runs.clean_rows(true, 8, seed=0)
 
 
 def test_grids():
-  specs = sweeps.uniformity_grid(dataset="cifar10", classes=[0, 1],
+  specs = grids.uniformity_grid(dataset="cifar10", classes=[0, 1],
                                  seeds=[0], batch_sizes=[8, 32],
                                  head_depths=[0, 8], depth_batch_size=32)
   names = [s.name for s in specs]
   assert len(names) == len(set(names)) == 2 * 2 * (2 + 1)  # bs32/depth8 once
   assert "contrastive_da/bs32_depth0/cifar10_1/seed0" in names
-  config = sweeps.build_config(specs[0], scale="cpu", images_per_run=6400)
+  config = grids.build_config(specs[0], scale="cpu", images_per_run=6400)
   assert config.batch_size == 8 and config.total_steps == 800
-  assert config.model.width == sweeps.CPU_SCALE["model.width"]
-  rot = sweeps.contamination_grid(dataset="cifar10", classes=[0], seeds=[0],
+  assert config.model.width == grids.CPU_SCALE["model.width"]
+  rot = grids.contamination_grid(dataset="cifar10", classes=[0], seeds=[0],
                                   methods=["rotation"], ratios=[0.05])
-  config = sweeps.build_config(rot[0], scale="cpu")
+  config = grids.build_config(rot[0], scale="cpu")
   assert config.data.contamination == 0.05
   assert config.model.head_out_dim == config.model.head_width == 64
   assert "rotation" in config.eval.detectors
   with pytest.raises(ValueError, match="Unknown config field"):
-    sweeps.build_config(rot[0], extra=("model.depth=3",))
+    grids.build_config(rot[0], extra=("model.depth=3",))
 
 
 def test_figures_and_captions(swept, tmp_path):
-  records = sweeps.load_records(str(swept["root"]))
-  paths = (sweeps.plot_uniformity(records, tmp_path, default_depth=1,
+  records = study_records.load_records(str(swept["root"]))
+  paths = (study_figures.plot_uniformity(records, tmp_path, default_depth=1,
                                   depth_batch_size=16) +
-           sweeps.plot_contamination(records, tmp_path, detectors=("kde",)) +
-           [sweeps.plot_distaug(records, tmp_path)])
+           study_figures.plot_contamination(records, tmp_path, detectors=("kde",)) +
+           [study_figures.plot_distaug(records, tmp_path)])
   for p in paths:
     assert p.stat().st_size > 1000
   note = captions.scale_note([r.config for r in records])
