@@ -42,8 +42,8 @@ from absl import flags
 import jax
 
 from oneclass_jax import multi
+from oneclass_jax.data import datasets
 from oneclass_jax.data import one_class
-from oneclass_jax.data import sources
 
 # train_throughput.py sits beside this file.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -238,7 +238,7 @@ def train_all(rep, clock, common, rows, source, workdir, smoke):
     for key in aucs:
       aucs[key].append(result["auc"][key])
     cls = result["inlier_class"]
-    rep(f"| {cls} ({sources.get_spec('cifar10').names()[cls]}) | "
+    rep(f"| {cls} ({datasets.get_spec('cifar10').names()[cls]}) | "
         f"{100 * result['auc']['kde']:.1f} | "
         f"{100 * result['auc']['ocsvm']:.1f} |")
   rep(f"| mean | {100 * sum(aucs['kde']) / len(aucs['kde']):.1f} | "

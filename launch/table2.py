@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 from oneclass_jax import config_lib  # noqa: E402
 from oneclass_jax import paper  # noqa: E402
 from oneclass_jax.analysis import sweeps  # noqa: E402
+from oneclass_jax.data import datasets  # noqa: E402
 from oneclass_jax.data import one_class  # noqa: E402
-from oneclass_jax.data import sources  # noqa: E402
 # pylint: enable=wrong-import-position
 
 METHODS = ("rotnet", "rotation", "contrastive", "contrastive_da", "denoising")
@@ -127,7 +127,7 @@ def main(argv):
       raise app.UsageError(
           f"No inlier training size known for {dataset}; pass --train_size "
           "(images of one class in its training split).")
-    num_classes = sources.get_spec(dataset).num_classes
+    num_classes = datasets.get_spec(dataset).num_classes
     classes = (config_lib.parse_ints(FLAGS.classes) if FLAGS.classes else
                list(range(num_classes)))
     for method in FLAGS.methods:

@@ -43,6 +43,31 @@ def _reachable(edges, start) -> set:
   return seen
 
 
+def _imported_on_load(edges, module) -> set:
+  """`module`, what it reaches, and the packages above each: what runs."""
+  seen, todo = set(), [module]
+  while todo:
+    name = todo.pop()
+    if name in seen:
+      continue
+    seen.add(name)
+    parts = name.split(".")
+    todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+    todo += list(edges.get(name, ()))
+  return seen
+
+
+def _imports_outside(path: pathlib.Path) -> set:
+  """Top-level names of the non-package modules `path` imports."""
+  names = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.ImportFrom) and node.level == 0:
+      names.add((node.module or "").split(".")[0])
+    elif isinstance(node, ast.Import):
+      names.update(a.name.split(".")[0] for a in node.names)
+  return names - {"oneclass_jax"}
+
+
 def test_graph_walk_sees_known_edges():
   edges = _graph()
   assert "oneclass_jax.experiment" in edges["oneclass_jax.train"]
@@ -78,3 +103,17 @@ def test_task_is_chosen_in_one_place():
       str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
       if pattern.search(p.read_text()) and p.name != "experiment.py")
   assert not offenders, offenders
+
+
+def test_dataset_table_and_splits_load_no_tensorflow_datasets():
+  modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+  edges = _graph()
+
+  def tfds_users(module):
+    return sorted(m for m in _imported_on_load(edges, module)
+                  if "tensorflow_datasets" in _imports_outside(modules[m]))
+
+  assert tfds_users("oneclass_jax.data.sources")  # The check sees tfds.
+  for light in ("oneclass_jax.data", "oneclass_jax.data.datasets",
+                "oneclass_jax.data.splits", "oneclass_jax.data.augment"):
+    assert not tfds_users(light), (light, tfds_users(light))

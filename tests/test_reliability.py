@@ -27,7 +27,9 @@ from oneclass_jax import metric_writers
 from oneclass_jax import provenance
 from oneclass_jax import score
 from oneclass_jax import train
+from oneclass_jax.data import datasets
 from oneclass_jax.data import image_io
+from oneclass_jax.data import local
 from oneclass_jax.data import mvtec
 from oneclass_jax.data import pipeline
 from oneclass_jax.data import sources
@@ -152,7 +154,7 @@ def test_16bit_png_is_rescaled(tmp_path):
   np.testing.assert_array_equal(image_io.decode(tmp_path / "a.png", "L"),
                                 expected)
   # The readers that use it: image folders (and `score`), MVTec.
-  np.testing.assert_array_equal(sources.decode_image(tmp_path / "a.png"), rgb)
+  np.testing.assert_array_equal(datasets.decode_image(tmp_path / "a.png"), rgb)
   np.testing.assert_array_equal(
       np.asarray(mvtec._open(tmp_path / "a.png", "RGB")), rgb)  # pylint: disable=protected-access
 
@@ -486,8 +488,8 @@ def test_killed_conversion_leftover_is_removed(tmp_path):
   d = tmp_path / "d" / "train" / "a"
   d.mkdir(parents=True)
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "0.png")
-  spec = sources.get_spec("image_folder")
-  builder = sources._folder_builder(  # pylint: disable=protected-access
+  spec = datasets.get_spec("image_folder")
+  builder = local._folder_builder(  # pylint: disable=protected-access
       spec, tmp_path / "d", tmp_path / "tfds")
   leftover = pathlib.Path(builder.data_dir).parent / "incomplete.ABC_1.0.0"
   leftover.mkdir(parents=True)

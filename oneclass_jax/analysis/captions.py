@@ -73,7 +73,7 @@ def scale_note(configs: Sequence[Mapping[str, Any]]) -> str:
 
 def set_label(dist_aug: str) -> str:
   """'first3' -> '+hflip, +rot90': the distributions added to the original."""
-  # Imported here: the data package pulls in tensorflow_datasets.
+  # Imported here: one_class pulls in tensorflow_datasets (via sources).
   from oneclass_jax.data import one_class  # pylint: disable=g-import-not-at-top
   ids = one_class.dist_aug_transforms(dist_aug)
   names = [one_class.GEOMETRIC_TRANSFORMS[t] for t in ids if t]

@@ -41,6 +41,7 @@ import warnings
 import numpy as np
 
 from oneclass_jax.data import sources
+from oneclass_jax.data import splits
 
 GEOMETRIC_TRANSFORMS = ("id", "hflip", "rot90", "rot90+hflip", "rot180",
                         "rot180+hflip", "rot270", "rot270+hflip")
@@ -89,7 +90,7 @@ class OneClassSource:
   augmented copies cost no memory. A grain `RandomAccessDataSource`.
   """
 
-  def __init__(self, split_source: sources.SplitSource, rows: np.ndarray,
+  def __init__(self, split_source: splits.SplitSource, rows: np.ndarray,
                labels: np.ndarray, *, transforms=(0,),
                true_labels: Optional[np.ndarray] = None):
     self._source = split_source
@@ -143,7 +144,7 @@ class OneClassData:
   meta: dict[str, Any]
 
 
-def _inlier_class(value, split: sources.Split, name: str) -> int:
+def _inlier_class(value, split: splits.Split, name: str) -> int:
   """Class id from an int, a digit string or a class name."""
   if isinstance(value, str) and not value.isdigit():
     if value not in split.class_names:
@@ -262,10 +263,10 @@ def make(cfg) -> OneClassData:
                         (test_split.labels != inlier).astype(np.int64))
   meta = {
       # What the cached embeddings and fitted detectors were computed from.
-      "fingerprint": sources.array_digest(np.frombuffer(
+      "fingerprint": splits.array_digest(np.frombuffer(
           "|".join([train_split.fingerprint, test_split.fingerprint,
-                    sources.array_digest(inliers[fit_rows]),
-                    sources.array_digest(test.labels)]).encode(), np.uint8)),
+                    splits.array_digest(inliers[fit_rows]),
+                    splits.array_digest(test.labels)]).encode(), np.uint8)),
       "dataset": name,
       "inlier_class": inlier,
       "inlier_name": train_split.class_names[inlier],
