@@ -41,8 +41,8 @@ from absl import app
 from absl import flags
 import jax
 
+from oneclass_jax.data import datasets
 from oneclass_jax.data import one_class
-from oneclass_jax.data import sources
 from oneclass_jax.trainer import multi
 from oneclass_jax.trainer import step as step_lib
 
@@ -239,7 +239,7 @@ def train_all(rep, clock, common, rows, source, workdir, smoke):
     for key in aucs:
       aucs[key].append(result["auc"][key])
     cls = result["inlier_class"]
-    rep(f"| {cls} ({sources.get_spec('cifar10').names()[cls]}) | "
+    rep(f"| {cls} ({datasets.get_spec('cifar10').names()[cls]}) | "
         f"{100 * result['auc']['kde']:.1f} | "
         f"{100 * result['auc']['ocsvm']:.1f} |")
   rep(f"| mean | {100 * sum(aucs['kde']) / len(aucs['kde']):.1f} | "

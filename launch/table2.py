@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 from oneclass_jax import config_lib  # noqa: E402
 from oneclass_jax import paper  # noqa: E402
 from oneclass_jax.analysis import grids  # noqa: E402
-from oneclass_jax.data import one_class  # noqa: E402
-from oneclass_jax.data import sources  # noqa: E402
+from oneclass_jax.data import datasets  # noqa: E402
+from oneclass_jax.data import geometric  # noqa: E402
 # pylint: enable=wrong-import-position
 
 METHODS = ("rotnet", "rotation", "contrastive", "contrastive_da", "denoising")
@@ -61,7 +61,7 @@ def cell_plan(dataset: str, method: str, classes: list[int],
               seeds: list[int], train_size: int) -> dict:
   """Runs, steps and images of one cell, from the method's own config."""
   config = grids.load_config(method, f"dataset={dataset}")
-  copies = len(one_class.dist_aug_transforms(config.data.dist_aug))
+  copies = len(geometric.dist_aug_transforms(config.data.dist_aug))
   steps_per_epoch = train_size * copies // config.batch_size
   steps = config_lib.num_train_steps(config, steps_per_epoch)
   return dict(dataset=dataset, method=method, classes=classes, seeds=seeds,
@@ -127,7 +127,7 @@ def main(argv):
       raise app.UsageError(
           f"No inlier training size known for {dataset}; pass --train_size "
           "(images of one class in its training split).")
-    num_classes = sources.get_spec(dataset).num_classes
+    num_classes = datasets.get_spec(dataset).num_classes
     classes = (config_lib.parse_ints(FLAGS.classes) if FLAGS.classes else
                list(range(num_classes)))
     for method in FLAGS.methods:

@@ -26,7 +26,7 @@ from oneclass_jax import experiment
 from oneclass_jax import files
 from oneclass_jax import parallel
 from oneclass_jax import provenance
-from oneclass_jax.data import sources
+from oneclass_jax.data import datasets
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -54,11 +54,11 @@ def read_images(folder, dataset: str, image_shape):
   if not files:
     raise FileNotFoundError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in "
                             f"{folder}.")
-  spec = sources.get_spec(dataset)
+  spec = datasets.get_spec(dataset)
   images, names, problems = [], [], []
   for path in files:
     try:
-      image = sources.decode_image(path)
+      image = datasets.decode_image(path)
       if image.shape != tuple(image_shape):
         image = spec.preprocess(image)
       if image.shape != tuple(image_shape):

@@ -43,6 +43,31 @@ def _reachable(edges, start) -> set:
   return seen
 
 
+def _imported_on_load(edges, module) -> set:
+  """`module`, what it reaches, and the packages above each: what runs."""
+  seen, todo = set(), [module]
+  while todo:
+    name = todo.pop()
+    if name in seen:
+      continue
+    seen.add(name)
+    parts = name.split(".")
+    todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+    todo += list(edges.get(name, ()))
+  return seen
+
+
+def _imports_outside(path: pathlib.Path) -> set:
+  """Top-level names of the non-package modules `path` imports."""
+  names = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.ImportFrom) and node.level == 0:
+      names.add((node.module or "").split(".")[0])
+    elif isinstance(node, ast.Import):
+      names.update(a.name.split(".")[0] for a in node.names)
+  return names - {"oneclass_jax"}
+
+
 def test_graph_walk_sees_known_edges():
   edges = _graph()
   assert "oneclass_jax.experiment" in edges["oneclass_jax.trainer.single"]
@@ -113,3 +138,33 @@ def test_one_owner_of_the_run_files():
                "analysis.json"):
     owners = _files_using(re.escape(f'"{name}"'))
     assert owners == ["workdir.py"], (name, owners)
+
+
+def test_dataset_table_and_splits_load_no_tensorflow_datasets():
+  modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+  edges = _graph()
+
+  def tfds_users(module):
+    return sorted(m for m in _imported_on_load(edges, module)
+                  if "tensorflow_datasets" in _imports_outside(modules[m]))
+
+  assert tfds_users("oneclass_jax.data.sources")  # The check sees tfds.
+  for light in ("oneclass_jax.data", "oneclass_jax.data.datasets",
+                "oneclass_jax.data.splits", "oneclass_jax.data.augment",
+                "oneclass_jax.data.geometric",
+                "oneclass_jax.analysis.captions"):
+    assert not tfds_users(light), (light, tfds_users(light))
+
+
+def test_no_function_local_imports_of_the_package():
+  # A function-local import hid the old import circle; none is left.
+  offenders = []
+  for path in PACKAGE.rglob("*.py"):
+    tree = ast.parse(path.read_text())
+    for func in ast.walk(tree):
+      if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        for node in ast.walk(func):
+          if isinstance(node, ast.ImportFrom) and (
+              node.module or "").startswith("oneclass_jax"):
+            offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+  assert not offenders, offenders

@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from oneclass_jax.data import geometric
 from oneclass_jax.data import one_class
 
 CLASSES = ("a", "b", "c", "d")
@@ -87,7 +88,7 @@ def test_apply_geometric_matches_explicit_indexing():
     if t % 2:  # flip the width axis after rotating (authors' order).
       expected = expected[:, [expected.shape[1] - 1 - j
                               for j in range(expected.shape[1])]]
-    np.testing.assert_array_equal(one_class.apply_geometric(x, t), expected)
+    np.testing.assert_array_equal(geometric.apply_geometric(x, t), expected)
 
 
 def test_apply_geometric_matches_authors_batch_code():
@@ -98,29 +99,29 @@ def test_apply_geometric_matches_authors_batch_code():
   for t in range(8):
     for b in range(3):
       np.testing.assert_array_equal(
-          one_class.apply_geometric(batch[b], t), authors[t][b])
+          geometric.apply_geometric(batch[b], t), authors[t][b])
 
 
 def test_apply_geometric_is_exactly_invertible():
   x = np.random.RandomState(2).randint(0, 256, (6, 6, 3)).astype(np.uint8)
   inverse = {0: 0, 2: 6, 4: 4, 6: 2}  # flips (odd t) are their own inverse.
   for t in range(8):
-    back = one_class.apply_geometric(one_class.apply_geometric(x, t),
+    back = geometric.apply_geometric(geometric.apply_geometric(x, t),
                                      inverse.get(t, t))
     np.testing.assert_array_equal(back, x)
-  images = {one_class.apply_geometric(x, t).tobytes() for t in range(8)}
+  images = {geometric.apply_geometric(x, t).tobytes() for t in range(8)}
   assert len(images) == 8  # eight distinct transforms of a generic image.
 
 
 def test_dist_aug_names():
-  assert one_class.dist_aug_transforms("none") == (0,)
-  assert one_class.dist_aug_transforms("rot90") == (0, 2, 4, 6)
-  assert one_class.dist_aug_transforms("hflip") == (0, 1)
-  assert one_class.dist_aug_transforms("rot90+hflip") == tuple(range(8))
-  assert one_class.dist_aug_transforms("first3") == (0, 1, 2)
+  assert geometric.dist_aug_transforms("none") == (0,)
+  assert geometric.dist_aug_transforms("rot90") == (0, 2, 4, 6)
+  assert geometric.dist_aug_transforms("hflip") == (0, 1)
+  assert geometric.dist_aug_transforms("rot90+hflip") == tuple(range(8))
+  assert geometric.dist_aug_transforms("first3") == (0, 1, 2)
   for bad in ("rot45", "first0", "first9", "first"):
     with pytest.raises(ValueError, match="unknown dist_aug"):
-      one_class.dist_aug_transforms(bad)
+      geometric.dist_aug_transforms(bad)
 
 
 # ---------------------------------------------------------------------------
@@ -155,7 +156,7 @@ def test_inlier_class_by_name(folder, data_dir):
     ("first3", 3), ("first8", 8)])
 def test_distribution_augmented_sizes(folder, data_dir, dist_aug, copies):
   data = one_class.make(config(folder, data_dir, dist_aug=dist_aug))
-  transforms = one_class.dist_aug_transforms(dist_aug)
+  transforms = geometric.dist_aug_transforms(dist_aug)
   assert data.dist_sets == list(transforms)
   assert len(data.train) == copies * TRAIN_PER_CLASS
   assert len(data.fit) == TRAIN_PER_CLASS  # fit stays un-augmented.
@@ -165,7 +166,7 @@ def test_distribution_augmented_sizes(folder, data_dir, dist_aug, copies):
     record = data.train[i]
     np.testing.assert_array_equal(
         record["image"],
-        one_class.apply_geometric(fit[j]["image"], transforms[t]))
+        geometric.apply_geometric(fit[j]["image"], transforms[t]))
     assert record["index"] == i
 
 

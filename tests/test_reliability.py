@@ -20,16 +20,18 @@ from PIL import Image
 
 from oneclass_jax import checkpoint
 from oneclass_jax import config_lib
-from oneclass_jax.data import image_io
-from oneclass_jax.data import mvtec
-from oneclass_jax.data import pipeline
-from oneclass_jax.data import sources
 from oneclass_jax import embeddings
 from oneclass_jax import evaluators
 from oneclass_jax import files
 from oneclass_jax import metric_writers
 from oneclass_jax import provenance
 from oneclass_jax import scoring
+from oneclass_jax.data import datasets
+from oneclass_jax.data import image_io
+from oneclass_jax.data import local
+from oneclass_jax.data import mvtec
+from oneclass_jax.data import pipeline
+from oneclass_jax.data import sources
 from oneclass_jax.trainer import loop
 from oneclass_jax.trainer import single
 from test_train import final_params
@@ -153,7 +155,7 @@ def test_16bit_png_is_rescaled(tmp_path):
   np.testing.assert_array_equal(image_io.decode(tmp_path / "a.png", "L"),
                                 expected)
   # The readers that use it: image folders (and `score`), MVTec.
-  np.testing.assert_array_equal(sources.decode_image(tmp_path / "a.png"), rgb)
+  np.testing.assert_array_equal(datasets.decode_image(tmp_path / "a.png"), rgb)
   np.testing.assert_array_equal(
       np.asarray(mvtec._open(tmp_path / "a.png", "RGB")), rgb)  # pylint: disable=protected-access
 
@@ -487,8 +489,8 @@ def test_killed_conversion_leftover_is_removed(tmp_path):
   d = tmp_path / "d" / "train" / "a"
   d.mkdir(parents=True)
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "0.png")
-  spec = sources.get_spec("image_folder")
-  builder = sources._folder_builder(  # pylint: disable=protected-access
+  spec = datasets.get_spec("image_folder")
+  builder = local._folder_builder(  # pylint: disable=protected-access
       spec, tmp_path / "d", tmp_path / "tfds")
   leftover = pathlib.Path(builder.data_dir).parent / "incomplete.ABC_1.0.0"
   leftover.mkdir(parents=True)

@@ -1,4 +1,5 @@
-"""Tests for oneclass_jax.data.sources on real data and tfds mock data."""
+"""Tests for oneclass_jax.data.sources (and the datasets table, local
+builders and splits behind it) on real data and tfds mock data."""
 import dataclasses
 import gzip
 import pathlib
@@ -10,7 +11,10 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
+from oneclass_jax.data import datasets
+from oneclass_jax.data import local
 from oneclass_jax.data import sources
+from oneclass_jax.data import splits
 
 CIFAR_SLICE_CLASSES = ("cat", "dog", "ship")
 CIFAR_SLICE_PER_SPLIT = 20
@@ -116,8 +120,8 @@ def test_second_load_reuses_conversion_and_label_cache(
   def fail(*args, **kwargs):
     raise AssertionError("the prepared copy was converted again")
 
-  monkeypatch.setattr(sources._IdxBuilder, "download_and_prepare", fail)
-  monkeypatch.setattr(sources, "_read_labels", fail)
+  monkeypatch.setattr(local._IdxBuilder, "download_and_prepare", fail)
+  monkeypatch.setattr(splits, "_read_labels", fail)
   again = sources.load("fashion_mnist", "test", data_dir=fmnist_data_dir,
                        source_dir=fmnist_dir)
   assert len(again.source) == 10000
@@ -246,7 +250,7 @@ def test_missing_label_cache_is_rebuilt(tmp_path):
 def test_interrupted_conversion_never_reads_as_complete(tmp_path,
                                                         monkeypatch):
   root = small_folder(tmp_path / "src")
-  original = sources._FolderBuilder._examples
+  original = local._FolderBuilder._examples
 
   def interrupted(self, split):
     for n, example in enumerate(original(self, split)):
@@ -254,13 +258,13 @@ def test_interrupted_conversion_never_reads_as_complete(tmp_path,
         raise RuntimeError("simulated interruption")
       yield example
 
-  monkeypatch.setattr(sources._FolderBuilder, "_examples", interrupted)
+  monkeypatch.setattr(local._FolderBuilder, "_examples", interrupted)
   with pytest.raises(RuntimeError, match="simulated interruption"):
     sources.load("image_folder", "train", data_dir=tmp_path / "d",
                  source_dir=root)
   assert not list((tmp_path / "d").glob("**/dataset_info.json"))
   assert not list((tmp_path / "d").glob("**/labels-*.npy"))
-  monkeypatch.setattr(sources._FolderBuilder, "_examples", original)
+  monkeypatch.setattr(local._FolderBuilder, "_examples", original)
   split = sources.load("image_folder", "train", data_dir=tmp_path / "d",
                        source_dir=root)
   np.testing.assert_array_equal(split.labels, [0, 0, 0, 0, 1, 1, 1])
@@ -272,7 +276,7 @@ def test_interrupted_conversion_never_reads_as_complete(tmp_path,
 
 def test_pad_28_to_32():
   image = np.random.RandomState(0).randint(0, 256, (28, 28), np.uint8)
-  out = sources.pad_28_to_32(image)
+  out = datasets.pad_28_to_32(image)
   assert out.shape == (32, 32, 3)
   for c in range(3):
     np.testing.assert_array_equal(out[2:30, 2:30, c], image)
@@ -285,7 +289,7 @@ def test_resize_shorter_center_crop_is_area_average():
   # 128x192 -> shorter side 64 is an exact 2x shrink: box = 2x2 block means.
   rng = np.random.RandomState(1)
   image = rng.randint(0, 256, (128, 192, 3)).astype(np.uint8)
-  out = sources.resize_shorter_center_crop_64(image)
+  out = datasets.resize_shorter_center_crop_64(image)
   blocks = image.astype(np.float64).reshape(64, 2, 96, 2, 3).mean(axis=(1, 3))
   expected = blocks[:, 16:80]  # centre 64 of 96 columns.
   assert out.shape == (64, 64, 3)
@@ -295,7 +299,7 @@ def test_resize_shorter_center_crop_is_area_average():
 def test_celeba_crop_excludes_the_border():
   image = np.full((218, 178, 3), 255, np.uint8)
   image[40:-20, 10:-10] = 7  # inside the crop
-  out = sources.celeba_crop_resize_64(image)
+  out = datasets.celeba_crop_resize_64(image)
   assert out.shape == (64, 64, 3)
   np.testing.assert_array_equal(out, 7)  # no border pixel leaks in.
 
@@ -305,8 +309,8 @@ def test_celeba_crop_excludes_the_border():
 
 
 def test_catalog_datasets_with_mock_data(tmp_path, monkeypatch):
-  monkeypatch.setitem(sources.DATASETS, "fashion_mnist", dataclasses.replace(
-      sources.DATASETS["fashion_mnist"], local_dir=None))
+  monkeypatch.setitem(datasets.DATASETS, "fashion_mnist", dataclasses.replace(
+      datasets.DATASETS["fashion_mnist"], local_dir=None))
   expected = {"cifar10": (32, 10), "cifar20": (32, 20), "cifar100": (32, 100),
               "fashion_mnist": (32, 10), "mnist": (32, 10),
               "celeba_eyeglasses": (64, 2)}
@@ -416,8 +420,8 @@ def test_foreign_label_folder_for_named_dataset(tmp_path):
 
 
 def test_missing_catalog_data_says_how_to_get_it(tmp_path, monkeypatch):
-  monkeypatch.setitem(sources.DATASETS, "fashion_mnist", dataclasses.replace(
-      sources.DATASETS["fashion_mnist"], local_dir=str(tmp_path / "no_apt")))
+  monkeypatch.setitem(datasets.DATASETS, "fashion_mnist", dataclasses.replace(
+      datasets.DATASETS["fashion_mnist"], local_dir=str(tmp_path / "no_apt")))
   with pytest.raises(FileNotFoundError) as info:
     sources.load("fashion_mnist", "train", data_dir=tmp_path)
   message = str(info.value)

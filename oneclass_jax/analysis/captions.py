@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from oneclass_jax.data import geometric
+
 _DATASETS = {
     "cifar10": "CIFAR-10", "cifar20": "CIFAR-20", "cifar100": "CIFAR-100",
     "fashion_mnist": "Fashion-MNIST", "mnist": "MNIST",
@@ -73,10 +75,8 @@ def scale_note(configs: Sequence[Mapping[str, Any]]) -> str:
 
 def set_label(dist_aug: str) -> str:
   """'first3' -> '+hflip, +rot90': the distributions added to the original."""
-  # Imported here: the data package pulls in tensorflow_datasets.
-  from oneclass_jax.data import one_class  # pylint: disable=g-import-not-at-top
-  ids = one_class.dist_aug_transforms(dist_aug)
-  names = [one_class.GEOMETRIC_TRANSFORMS[t] for t in ids if t]
+  ids = geometric.dist_aug_transforms(dist_aug)
+  names = [geometric.GEOMETRIC_TRANSFORMS[t] for t in ids if t]
   if not names:
     return "original only"
   return ", ".join("+" + n.replace("+", ",") for n in names)

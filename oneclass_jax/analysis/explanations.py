@@ -58,7 +58,7 @@ from oneclass_jax import workdir as workdir_lib  # noqa: E402
 from oneclass_jax.analysis import captions  # noqa: E402
 from oneclass_jax.analysis import gradients  # noqa: E402
 from oneclass_jax.data import augment  # noqa: E402
-from oneclass_jax.data import sources  # noqa: E402
+from oneclass_jax.data import datasets  # noqa: E402
 from oneclass_jax.detectors import kde  # noqa: E402
 from oneclass_jax.models import resnet  # noqa: E402
 
@@ -283,12 +283,12 @@ def _image_files(spec: str, loaded: Loaded):
                               "image files, globs, test:N or test:idx=...")
     paths += found
   name = loaded.config.data.name
-  spec_ = sources.DATASETS.get(name)
-  preprocess = spec_.preprocess if spec_ is not None else sources.to_rgb
+  spec_ = datasets.DATASETS.get(name)
+  preprocess = spec_.preprocess if spec_ is not None else datasets.to_rgb
   size = loaded.config.model.image_size
   images = []
   for path in paths:
-    image = preprocess(sources.decode_image(pathlib.Path(path)))
+    image = preprocess(datasets.decode_image(pathlib.Path(path)))
     if image.shape != (size, size, 3):
       raise ValueError(f"{path}: preprocessed to {image.shape}, but the "
                        f"model takes {size}x{size}x3 images; resize it.")

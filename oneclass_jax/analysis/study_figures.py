@@ -18,6 +18,7 @@ from oneclass_jax.analysis import captions  # noqa: E402
 from oneclass_jax.analysis import grids  # noqa: E402
 from oneclass_jax.analysis import study_records  # noqa: E402
 from oneclass_jax.analysis import uniformity  # noqa: E402
+from oneclass_jax.data import geometric  # noqa: E402
 
 
 # One colour per model in every figure; line styles tell f from g∘f.
@@ -189,13 +190,12 @@ def plot_contamination(records: Sequence[study_records.Record], out: pathlib.Pat
 def plot_distaug(records: Sequence[study_records.Record], out: pathlib.Path, *,
                  detector: str = "kde") -> pathlib.Path:
   """Fig. 7: AUC of contrastive (DA) over accumulated distribution sets."""
-  from oneclass_jax.data import one_class  # pylint: disable=g-import-not-at-top
   by_set: dict[str, list] = {}
   for r in records:
     a = study_records.auc_of("f", detector)(r)
     if a is not None:
       by_set.setdefault(r.get("data.dist_aug"), []).append(a)
-  order = sorted(by_set, key=lambda s: len(one_class.dist_aug_transforms(s)))
+  order = sorted(by_set, key=lambda s: len(geometric.dist_aug_transforms(s)))
   labels = [captions.set_label(s) for s in order]
   stats = [study_records.mean_std(by_set[s]) for s in order]
   fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(order)), 4.2))

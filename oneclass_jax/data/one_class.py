@@ -25,13 +25,7 @@ validation, contamination, fit cap. Records are dicts
 `train` and `fit`), where `index` is the record's position in its source, so
 a trainer can derive per-example random keys from it.
 
-Distribution augmentation uses the authors' ordered list
-(`geotrans_array_deterministic`): id, hflip, rot90, rot90+hflip, rot180,
-rot180+hflip, rot270, rot270+hflip. Transform t rotates by k = t // 2
-quarter turns counter-clockwise (`np.rot90(image, k, axes=(0, 1))`) and then,
-when t is odd, flips the width axis: "rotK+hflip" means rotate first, then
-flip, i.e. `np.flip(np.rot90(image, k), axis=1)`, exactly as the authors'
-code flips each rotated copy (it equals hflip first, then rotating by 4 - k).
+Distribution augmentation: the geometric transforms of `data.geometric`.
 """
 import dataclasses
 import operator
@@ -40,45 +34,11 @@ import warnings
 
 import numpy as np
 
+from oneclass_jax.data import geometric
 from oneclass_jax.data import sources
-
-GEOMETRIC_TRANSFORMS = ("id", "hflip", "rot90", "rot90+hflip", "rot180",
-                        "rot180+hflip", "rot270", "rot270+hflip")
-
-DIST_AUG = {
-    "none": (0,),
-    "rot90": (0, 2, 4, 6),
-    "hflip": (0, 1),
-    "rot90+hflip": tuple(range(8)),
-}
+from oneclass_jax.data import splits
 
 VALIDATION_FRACTION = 0.1
-
-
-def apply_geometric(image: np.ndarray, t: int) -> np.ndarray:
-  """Transform `t` (index into GEOMETRIC_TRANSFORMS) of an HxWxC image.
-
-  Returns a view when possible (no copy); see the module docstring for the
-  convention.
-  """
-  if not 0 <= t < len(GEOMETRIC_TRANSFORMS):
-    raise ValueError(f"geometric transform {t} out of range "
-                     f"[0, {len(GEOMETRIC_TRANSFORMS)}).")
-  out = np.rot90(image, t // 2, axes=(0, 1))
-  return out[:, ::-1] if t % 2 else out
-
-
-def dist_aug_transforms(name: str) -> tuple[int, ...]:
-  """Transform ids of a `dist_aug` name: none, rot90, hflip, rot90+hflip,
-  first<n> (the first n of GEOMETRIC_TRANSFORMS, n in 1..8; Fig. 7)."""
-  if name in DIST_AUG:
-    return DIST_AUG[name]
-  if name.startswith("first") and name[5:].isdigit():
-    n = int(name[5:])
-    if 1 <= n <= len(GEOMETRIC_TRANSFORMS):
-      return tuple(range(n))
-  raise ValueError(f"unknown dist_aug {name!r}; use one of "
-                   f"{sorted(DIST_AUG)} or first1..first8.")
 
 
 class OneClassSource:
@@ -89,7 +49,7 @@ class OneClassSource:
   augmented copies cost no memory. A grain `RandomAccessDataSource`.
   """
 
-  def __init__(self, split_source: sources.SplitSource, rows: np.ndarray,
+  def __init__(self, split_source: splits.SplitSource, rows: np.ndarray,
                labels: np.ndarray, *, transforms=(0,),
                true_labels: Optional[np.ndarray] = None):
     self._source = split_source
@@ -121,7 +81,7 @@ class OneClassSource:
     t, j = divmod(index, len(self._rows))
     image = self._source[int(self._rows[j])]["image"]
     if self._transforms[t]:
-      image = apply_geometric(image, self._transforms[t])
+      image = geometric.apply_geometric(image, self._transforms[t])
     record = {"image": image, "label": int(self._labels[j]), "index": index}
     if self._true is not None:
       record["true_label"] = int(self._true[j])
@@ -143,7 +103,7 @@ class OneClassData:
   meta: dict[str, Any]
 
 
-def _inlier_class(value, split: sources.Split, name: str) -> int:
+def _inlier_class(value, split: splits.Split, name: str) -> int:
   """Class id from an int, a digit string or a class name."""
   if isinstance(value, str) and not value.isdigit():
     if value not in split.class_names:
@@ -195,7 +155,7 @@ def make(cfg) -> OneClassData:
   fit_cap = int(getattr(cfg, "fit_cap", 0))
   train_cap = int(getattr(cfg, "train_cap", 0))
   dist_aug = getattr(cfg, "dist_aug", "none")
-  transforms = dist_aug_transforms(dist_aug)
+  transforms = geometric.dist_aug_transforms(dist_aug)
   if not 0.0 <= contamination < 1.0:
     raise ValueError(f"contamination must be in [0, 1), got {contamination}.")
   for cap_name, cap in (("fit_cap", fit_cap), ("train_cap", train_cap)):
@@ -262,10 +222,10 @@ def make(cfg) -> OneClassData:
                         (test_split.labels != inlier).astype(np.int64))
   meta = {
       # What the cached embeddings and fitted detectors were computed from.
-      "fingerprint": sources.array_digest(np.frombuffer(
+      "fingerprint": splits.array_digest(np.frombuffer(
           "|".join([train_split.fingerprint, test_split.fingerprint,
-                    sources.array_digest(inliers[fit_rows]),
-                    sources.array_digest(test.labels)]).encode(), np.uint8)),
+                    splits.array_digest(inliers[fit_rows]),
+                    splits.array_digest(test.labels)]).encode(), np.uint8)),
       "dataset": name,
       "inlier_class": inlier,
       "inlier_name": train_split.class_names[inlier],

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from oneclass_jax.data import geometric
 from oneclass_jax.data import mvtec as mvtec_reader
 from oneclass_jax.data import one_class
 from oneclass_jax.mvtec import patches
@@ -73,7 +74,7 @@ class PatchTrainSource:
     crop = self._images[j // self._per_image, top:top + self._patch,
                         left:left + self._patch]
     if self._transforms[t]:
-      crop = one_class.apply_geometric(crop, self._transforms[t])
+      crop = geometric.apply_geometric(crop, self._transforms[t])
     return {"image": np.ascontiguousarray(crop), "label": 0, "index": index}
 
   def __repr__(self) -> str:
@@ -196,7 +197,7 @@ def make(config) -> one_class.OneClassData:
   """
   cfg = config.mvtec
   _check_config(cfg, config.model.image_size)
-  transforms = one_class.dist_aug_transforms(config.data.dist_aug)
+  transforms = geometric.dist_aug_transforms(config.data.dist_aug)
   category = mvtec_reader.MVTecCategory(cfg.root, cfg.category,
                                         image_size=cfg.image_size)
   train_split = category.train()
