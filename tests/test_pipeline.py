@@ -178,19 +178,3 @@ def test_inference_errors():
     list(pipeline.inference_batches([], batch_size=4))
   with pytest.raises(ValueError, match="batch_size must be positive"):
     list(pipeline.inference_batches(make_source(3), batch_size=0))
-
-
-def test_prefetch_keeps_order_and_raises_errors():
-  assert list(pipeline.prefetch(iter(range(20)), size=3)) == list(range(20))
-
-  def failing():
-    yield 1
-    raise RuntimeError("broken producer")
-
-  it = pipeline.prefetch(failing())
-  assert next(it) == 1
-  with pytest.raises(RuntimeError, match="broken producer"):
-    next(it)
-  early = pipeline.prefetch(iter(range(1000)), size=2)
-  assert next(early) == 0
-  early.close()  # the producer thread stops instead of hanging.

@@ -176,3 +176,16 @@ def test_unknown_config_key_fails():
   config = load_config("contrastive")
   with pytest.raises(AttributeError):
     config.optim.learning_rat = 0.1  # Locked: a typo is an error.
+
+
+def test_quickstart_variants():
+  rotnet = load_config("quickstart", "")
+  assert (rotnet.method, rotnet.method_label, rotnet.model.head_depth,
+          rotnet.model.head_out_dim) == ("rotation", "rotnet", 0, 0)
+  assert "rotation" in rotnet.eval.detectors and rotnet.eval.baselines
+  da = load_config("quickstart", "method=contrastive_da")
+  assert (da.method, da.data.dist_aug, da.model.head_depth) == (
+      "contrastive_da", "rot90", 2)
+  assert rotnet.data.name == da.data.name == "fashion_mnist"
+  with pytest.raises(ValueError, match="quickstart method must be one of"):
+    load_config("quickstart", "method=simclr")

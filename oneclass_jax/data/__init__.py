@@ -9,8 +9,7 @@
 * `local`: local tfds builders converting IDX files and image folders once.
 * `one_class`: `make(cfg)` -> `OneClassData` (train / fit / test / val sets,
   contamination, distribution augmentation).
-* `pipeline`: grain loaders (`train_loader`, `inference_batches`, `unpad`,
-  `prefetch`).
+* `pipeline`: grain loaders (`train_loader`, `inference_batches`, `unpad`).
 * `mvtec`: `MVTecCategory` for MVTec-AD-style folders.
 * `augment`: view augmentations in JAX.
 * `image_io`: decoding image files (16-bit rescaled).

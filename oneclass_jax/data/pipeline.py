@@ -7,7 +7,6 @@
 * `inference_batches` + `unpad`: every record exactly once, in order, in
   fixed-size padded batches with a `_mask`, the same number of batches on
   every host.
-* `prefetch`: a background thread that reads a few items ahead.
 
 Multi-host layout of a training step: each epoch draws one permutation of the
 whole source (the same on every host); global batch k is positions
@@ -17,14 +16,10 @@ therefore the same for any number of hosts.
 """
 import functools
 import math
-import queue
-import threading
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import grain
 import numpy as np
-
-_END = object()
 
 
 def _shard(shard_options, shard_by_process: bool) -> tuple[int, int]:
@@ -197,48 +192,3 @@ def unpad(values: Sequence[np.ndarray],
     rows.append(value.reshape((-1,) + value.shape[mask.ndim:]))
     keep.append(mask.reshape(-1))
   return np.concatenate(rows)[np.concatenate(keep)]
-
-
-def prefetch(iterator: Iterable[Any], size: int = 2) -> Iterator[Any]:
-  """Reads up to `size` items ahead in a background thread.
-
-  Errors in the producer are raised in the consumer. Items already read ahead
-  are not part of a grain iterator's saved state, so checkpoint the grain
-  iterator itself (whose own read-ahead is state-aware), not this wrapper.
-  """
-  if size < 1:
-    raise ValueError(f"prefetch size must be >= 1, got {size}.")
-  buffer = queue.Queue(maxsize=size)
-  stop = threading.Event()
-
-  def put(item) -> bool:
-    # Gives up when the consumer has gone, so the thread never hangs.
-    while not stop.is_set():
-      try:
-        buffer.put(item, timeout=0.1)
-        return True
-      except queue.Full:
-        continue
-    return False
-
-  def produce():
-    try:
-      for item in iterator:
-        if not put(item):
-          return
-      put(_END)
-    except BaseException as e:  # pylint: disable=broad-except
-      put(e)
-
-  thread = threading.Thread(target=produce, daemon=True)
-  thread.start()
-  try:
-    while True:
-      item = buffer.get()
-      if item is _END:
-        return
-      if isinstance(item, BaseException):
-        raise item
-      yield item
-  finally:
-    stop.set()

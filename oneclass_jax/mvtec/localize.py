@@ -56,12 +56,6 @@ def gaussian_kernel_1d(patch: int, sigma: float) -> np.ndarray:
   return np.exp(-offsets ** 2 / (2.0 * sigma ** 2))
 
 
-def gaussian_kernel(patch: int, sigma: float) -> np.ndarray:
-  """The P x P transposed-convolution kernel K[u, v] = k(u) k(v)."""
-  k = gaussian_kernel_1d(patch, sigma)
-  return np.outer(k, k)
-
-
 def upsample_matrix(size: int, grid: int, patch: int, stride: int,
                     sigma: float = DEFAULT_SIGMA,
                     normalize: bool = True) -> np.ndarray:
