@@ -80,7 +80,7 @@ fi
 
 # Fail in seconds, naming what is missing, rather than minutes in.
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-if ! "$PYTHON" -c "import oneclass_jax.multi, oneclass_jax.tools.evaluate" \
+if ! "$PYTHON" -c "import oneclass_jax.trainer.multi, oneclass_jax.tools.evaluate" \
     2> /tmp/gpu_benchmark_import.$$; then
   tail -n 3 /tmp/gpu_benchmark_import.$$ >&2
   rm -f /tmp/gpu_benchmark_import.$$

@@ -136,7 +136,7 @@ def base_config(arg) -> ml_collections.ConfigDict:
       fit_cap=0,         # Max inliers to fit the detector (0 = all).
       train_cap=0,       # Max inliers to train f (0 = all; Figure 9).
       dist_aug="none",   # Distribution augmentation (Section 3.1.3).
-      # Several models in one program (oneclass_jax.multi): lists such as
+      # Several models in one program (oneclass_jax.trainer.multi): lists such as
       # '0-9' or '0,3,5' ('' = just inlier_class / dist_aug).
       inlier_classes="",
       dist_augs="",      # Comma-separated dist_aug names.
