@@ -10,6 +10,9 @@ setuptools.setup(
     python_requires=">=3.11",
     install_requires=[
         "jax>=0.10",
+        # jax.export's (de)serialisation of the exported scorer needs it and
+        # jax does not declare it.
+        "flatbuffers",
         "flax>=0.12",
         "optax>=0.2.5",
         "orbax-checkpoint>=0.11",

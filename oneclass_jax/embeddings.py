@@ -29,15 +29,25 @@ from oneclass_jax.data import pipeline
 EMBEDDING_KEYS = {"f": "pools", "g": "embeds"}
 
 
+def embed(model, variables, images) -> dict:
+  """f ('pools') and g∘f ('embeds'), float32, of a uint8 [b, H, W, C] batch.
+
+  The one preprocessing and forward pass of inference: the evaluators'
+  sharded extraction and the exported scorer (`export.py`) both go through
+  it, so an exported model sees images exactly as the evaluation did.
+  """
+  out = model.apply(variables, augment.to_float(images), train=False)
+  return {"pools": out["pools"].astype(jnp.float32),
+          "embeds": out["embeds"].astype(jnp.float32)}
+
+
 def make_embed_fn(model, mesh, *, rotations: bool):
   """jit(shard_map) that maps a padded uint8 batch to f, g∘f (and logits)."""
 
   def per_device(variables, images):
-    x = augment.to_float(images)
-    out = model.apply(variables, x, train=False)
-    result = {"pools": out["pools"].astype(jnp.float32),
-              "embeds": out["embeds"].astype(jnp.float32)}
+    result = embed(model, variables, images)
     if rotations:
+      x = augment.to_float(images)
       # The rotation classifier's view of rot90(x, k) for k = 0..3 (Table 1),
       # computed per image before any gathering (the authors' multi-GPU
       # evaluation mixed views across replicas).

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import pathlib
-import pickle
 
 import numpy as np
 from absl import logging
@@ -22,10 +21,8 @@ from absl import logging
 from oneclass_jax import detectors
 from oneclass_jax import embeddings
 from oneclass_jax import evaluators
-from oneclass_jax import experiment
 from oneclass_jax import files
 from oneclass_jax import parallel
-from oneclass_jax import provenance
 from oneclass_jax.data import datasets
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -72,41 +69,13 @@ def read_images(folder, dataset: str, image_shape):
   return images, names, problems
 
 
-def load_detector(workdir, name):
-  root = files.path(workdir) / "detectors"
-  path = root / f"{name}.pkl"
-  # meta.json is written last: without it the set is incomplete.
-  if not path.exists() or not (root / "meta.json").exists():
-    raise FileNotFoundError(
-        f"No fitted detector {name!r} in {root}: run `python -m "
-        f"oneclass_jax.tools.evaluate --workdir={workdir} --detectors={name}`.")
-  meta = files.read_json(root / "meta.json")
-  if meta.get("format") != evaluators.one_class.DETECTORS_FORMAT:
-    raise ValueError(
-        f"{root} holds detectors of format {meta.get('format', 1)}; this "
-        f"version scores with format {evaluators.one_class.DETECTORS_FORMAT} (scores "
-        "normalised by the fitted rows, cross-fitted thresholds): run "
-        f"`python -m oneclass_jax.tools.evaluate --workdir={workdir}` to refit them.")
-  detector = pickle.loads(path.read_bytes())
-  heldout = files.load_npz(root / "heldout_scores.npz")[name]
-  return detector, meta, heldout
-
-
 def score_folder(workdir, folder, *, detector="kde", fpr=0.05):
   """Returns (rows, threshold, problems); rows = (name, score, verdict)."""
   if not 0.0 < fpr < 1.0:
     raise ValueError(f"--fpr must be in (0, 1), got {fpr}.")
-  det, meta, heldout = load_detector(workdir, detector)
   mesh = parallel.make_mesh()
-  config, run, state = experiment.restore_run(workdir, mesh)
-  stale = provenance.differences(
-      meta.get("identity"), provenance.identity(config, state, run.data.meta))
-  if stale:
-    raise ValueError(
-        f"The detectors in {workdir}/detectors were not fitted on this "
-        f"workdir's latest checkpoint, config and data ({', '.join(stale)} "
-        f"differ): run `python -m oneclass_jax.tools.evaluate --workdir={workdir}` "
-        "first.")
+  config, run, state, (det, meta, heldout) = (
+      evaluators.one_class.restore_with_detector(workdir, detector, mesh))
   image_shape = tuple(run.data.test[0]["image"].shape)
   images, names, problems = read_images(folder, config.data.name,
                                         image_shape)

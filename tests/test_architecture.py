@@ -90,6 +90,14 @@ def test_evaluators_and_setup_never_reach_the_trainer():
     assert not trainer, (low, trainer)
 
 
+def test_exported_scorer_loader_imports_no_package_module():
+  # A serving process loads an exported model with numpy and jax only
+  # (tests/test_export.py checks the modules a real import pulls in).
+  edges = _graph()
+  assert edges["oneclass_jax.scorer"] == set()
+  assert edges["oneclass_jax"] == set()  # __init__.py, imported first.
+
+
 def test_binaries_are_not_imported():
   # Binaries (oneclass_jax.main, oneclass_jax.tools.*) define their flags at
   # import; nothing in the package or the tests imports them (tests run them

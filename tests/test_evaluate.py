@@ -131,7 +131,7 @@ def test_errors(trained, tmp_path):
   with pytest.raises(ValueError, match="Unknown detector 'svdd'"):
     evaluators.evaluate_workdir(str(trained), ["svdd"])
   with pytest.raises(FileNotFoundError, match="No fitted detector 'knn'"):
-    scoring.load_detector(str(trained), "knn")
+    evaluators.one_class.load_detector(str(trained), "knn")
   with pytest.raises(ValueError, match="NaN"):
     evaluators.one_class.fit_and_score(["kde"], np.full((5, 3), np.nan), np.ones((2, 3)))
 

@@ -20,7 +20,6 @@ from oneclass_jax import embeddings
 from oneclass_jax import evaluators
 from oneclass_jax import files
 from oneclass_jax import metric_writers
-from oneclass_jax import scoring
 from oneclass_jax import workdir as workdir_lib
 
 
@@ -122,7 +121,7 @@ def test_gs_workdir_config_embeddings_detectors_results_metrics(
   det = kde.KDE().fit(fit["pools"])
   heldout = {"kde": rng.normal(size=5)}
   evaluators.one_class.save_detectors(bucket, {"kde": det}, heldout, "f", ident)
-  loaded, meta, held = scoring.load_detector(bucket, "kde")
+  loaded, meta, held = evaluators.one_class.load_detector(bucket, "kde")
   assert meta == {"format": evaluators.one_class.DETECTORS_FORMAT, "embedding": "f",
                   "step": 5, "identity": ident, "detectors": ["kde"]}
   np.testing.assert_array_equal(held, heldout["kde"])

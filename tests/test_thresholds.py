@@ -7,7 +7,6 @@ import pytest
 
 from oneclass_jax import detectors
 from oneclass_jax import evaluators
-from oneclass_jax import scoring
 
 
 def _inliers(rng, n, d=16):
@@ -56,4 +55,4 @@ def test_score_refuses_detectors_of_an_older_format(tmp_path):
   (root / "meta.json").write_text(json.dumps({"embedding": "f"}))
   with pytest.raises(ValueError, match="format 1; this version scores with "
                      "format 2"):
-    scoring.load_detector(tmp_path, "kde")
+    evaluators.one_class.load_detector(tmp_path, "kde")

@@ -4,6 +4,7 @@ import abc
 from typing import Callable, Optional
 import warnings
 
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -12,6 +13,16 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
   x = np.asarray(x, dtype=np.float64)
   norms = np.linalg.norm(x, axis=-1, keepdims=True)
   return x / np.where(norms > 0, norms, 1.0)
+
+
+def l2_normalize_jax(x):
+  """`l2_normalize` in JAX, in the input's precision (float32 by default).
+
+  sqrt(max(., tiny)) keeps the gradient finite at an all-zero row, which
+  stays 0 as in `l2_normalize`.
+  """
+  return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True),
+                                  1e-24))
 
 
 def check_features(x, name: str) -> np.ndarray:
@@ -68,6 +79,17 @@ class Detector(abc.ABC):
   @abc.abstractmethod
   def score(self, x) -> np.ndarray:
     """[m] float64 anomaly scores of [m, d] features (higher = anomalous)."""
+
+  @abc.abstractmethod
+  def jax_score_fn(self) -> Callable:
+    """`score` as a pure JAX function closed over the fitted arrays.
+
+    The function maps raw (un-normalised) float32 features [m, d] to [m]
+    float32 anomaly scores equal to `score`'s up to float32 rounding; it
+    normalises like `prepare` and does not check for NaN. It can be jitted
+    and `jax.export`ed (the exported scorer, `oneclass_jax/export.py`) with a
+    symbolic m.
+    """
 
 
 def score_in_blocks(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray,

@@ -70,8 +70,12 @@ def bandwidth_gamma(train) -> float:
   return 10.0 / (train.shape[1] * var)
 
 
-def _sq_dists(queries, train, train_sq):
-  """[m, n] squared distances via the matmul expansion, clipped at 0."""
+def sq_dists(queries, train, train_sq):
+  """[m, n] squared distances via the matmul expansion, clipped at 0.
+
+  `train_sq` is ‖train‖² per row. Centre both sides on the train mean first
+  (see the module docstring on precision); the OC-SVM's kernel uses it too.
+  """
   cross = jnp.matmul(queries, train.T, precision=_HIGHEST)
   q_sq = jnp.sum(queries * queries, axis=-1, keepdims=True)
   return jnp.maximum(q_sq + train_sq[None, :] - 2.0 * cross, 0.0)
@@ -81,7 +85,7 @@ def _log_density_centred(queries, train, train_sq, gamma, train_chunk):
   """KDE_γ of already-centred queries against centred train rows."""
   n, d = train.shape
   if train_chunk is None or train_chunk >= n:
-    lse = jax.nn.logsumexp(-gamma * _sq_dists(queries, train, train_sq),
+    lse = jax.nn.logsumexp(-gamma * sq_dists(queries, train, train_sq),
                            axis=1)
     return lse / gamma
   num_chunks = -(-n // train_chunk)
@@ -96,7 +100,7 @@ def _log_density_centred(queries, train, train_sq, gamma, train_chunk):
 
   def one_chunk(args):
     rows, rows_sq, ok = args
-    logits = -gamma * _sq_dists(queries, rows, rows_sq)
+    logits = -gamma * sq_dists(queries, rows, rows_sq)
     return jax.nn.logsumexp(logits, axis=1, where=ok[None, :])
 
   per_chunk = jax.lax.map(one_chunk, (chunks, chunk_sq, valid))  # [c, m]
@@ -125,12 +129,6 @@ def kde_log_density(queries, train, gamma, *,
   train_sq = jnp.sum(train_c * train_c, axis=-1)
   return _log_density_centred(queries - centre, train_c, train_sq, gamma,
                               train_chunk)
-
-
-def _l2_normalize_jax(x):
-  # sqrt(max(., tiny)) keeps the gradient finite at an all-zero row.
-  return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True),
-                                  1e-24))
 
 
 def kde_score_fn(train, gamma: Optional[float] = None, *,
@@ -162,7 +160,7 @@ def kde_score_fn(train, gamma: Optional[float] = None, *,
 
   def score(queries):
     if normalize:
-      queries = _l2_normalize_jax(queries)
+      queries = _det.l2_normalize_jax(queries)
     # The detector's 1/n, so these scores equal `KDE.score`'s.
     return (-kde_log_density(queries, train, gamma, train_chunk=train_chunk)
             + log_n / gamma)
@@ -219,3 +217,17 @@ class KDE(_det.Detector):
                            gamma=self.gamma_, train_chunk=self.train_chunk)
     scores = _det.score_in_blocks(fn, x.astype(np.float32), self.query_block)
     return scores + np.log(self._train.shape[0]) / self.gamma_
+
+  def jax_score_fn(self):
+    # The same float32 arrays and block function as `score`; only the
+    # normalisation (float32 here, float64 there) and the final float32 sum
+    # differ, a few ulp of the score.
+    centre, train_c, train_sq = self._centre, self._train, self._train_sq
+    gamma, train_chunk = self.gamma_, self.train_chunk
+    log_n_over_gamma = float(np.log(train_c.shape[0]) / gamma)
+
+    def score(x):
+      return (_score_block(_det.l2_normalize_jax(x), centre, train_c,
+                           train_sq, gamma, train_chunk) + log_n_over_gamma)
+
+    return score

@@ -60,3 +60,9 @@ class KNN(_det.Detector):
     fn = functools.partial(_score_block, train=self._train,
                            train_chunk=self.train_chunk)
     return _det.score_in_blocks(fn, x.astype(np.float32), self.query_block)
+
+  def jax_score_fn(self):
+    # `score`'s float32 bank and block function; only the normalisation
+    # differs (float32 here, float64 there), about 1e-7 absolute.
+    train, train_chunk = self._train, self.train_chunk
+    return lambda x: _score_block(_det.l2_normalize_jax(x), train, train_chunk)

@@ -6,12 +6,15 @@ writes `results.json` (AUC per detector; outliers are the positive class),
 `scores.npz` and the fitted detectors with their threshold scores atomically
 to the workdir. `train_and_evaluate` calls `evaluate_state` at the end of
 training; `python -m oneclass_jax.tools.evaluate` re-evaluates a workdir.
+`restore_with_detector` reads a saved detector back for scoring new images
+(`scoring.py`, the exported scorer `export.py`).
 """
 from __future__ import annotations
 
 import functools
 import json
 import pickle
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +24,7 @@ from absl import logging
 from oneclass_jax import config_lib
 from oneclass_jax import detectors
 from oneclass_jax import embeddings
+from oneclass_jax import experiment
 from oneclass_jax import files
 from oneclass_jax import metrics
 from oneclass_jax import progress
@@ -34,6 +38,9 @@ THRESHOLD_FOLDS = 5
 # scores normalised by the fitted rows, cross-fitted held-out scores.
 DETECTORS_FORMAT = 2
 ROTATION = detectors.ROTATION
+# In detectors/: <name>.pkl, these, and meta.json last (the set is complete).
+HELDOUT_SCORES = "heldout_scores.npz"
+DETECTORS_META = "meta.json"
 
 
 def fit_detectors(names, fit_features) -> dict:
@@ -97,14 +104,64 @@ def save_detectors(workdir, fitted: dict, heldout: dict, embedding: str,
   (meta.json, written last, marks a complete set: files.write_dir_atomic).
   """
   contents = {f"{name}.pkl": pickle.dumps(det) for name, det in fitted.items()}
-  contents["heldout_scores.npz"] = files.npz_bytes(**heldout)
-  contents["meta.json"] = json.dumps({"format": DETECTORS_FORMAT,
-                                      "embedding": embedding,
-                                      "step": ident["step"],
-                                      "identity": ident,
-                                      "detectors": sorted(fitted)})
+  contents[HELDOUT_SCORES] = files.npz_bytes(**heldout)
+  contents[DETECTORS_META] = json.dumps({"format": DETECTORS_FORMAT,
+                                         "embedding": embedding,
+                                         "step": ident["step"],
+                                         "identity": ident,
+                                         "detectors": sorted(fitted)})
   files.write_dir_atomic(files.path(workdir) / workdir_lib.DETECTORS,
                          contents)
+
+
+class SavedDetector(NamedTuple):
+  """One detector of detectors/, as `save_detectors` wrote it."""
+  detector: detectors.Detector  # Fitted on all training inliers.
+  meta: dict  # detectors/meta.json: format, embedding, identity, names.
+  heldout: np.ndarray  # Its cross-fitted held-out inlier scores.
+
+
+def load_detector(workdir, name) -> SavedDetector:
+  """Detector `name` of `workdir/detectors/`; refuses a missing or old set."""
+  root = files.path(workdir) / workdir_lib.DETECTORS
+  path = root / f"{name}.pkl"
+  # meta.json is written last: without it the set is incomplete.
+  if not path.exists() or not (root / DETECTORS_META).exists():
+    raise FileNotFoundError(
+        f"No fitted detector {name!r} in {root}: run `python -m "
+        f"oneclass_jax.tools.evaluate --workdir={workdir} --detectors={name}`.")
+  meta = files.read_json(root / DETECTORS_META)
+  if meta.get("format") != DETECTORS_FORMAT:
+    raise ValueError(
+        f"{root} holds detectors of format {meta.get('format', 1)}; this "
+        f"version scores with format {DETECTORS_FORMAT} (scores "
+        "normalised by the fitted rows, cross-fitted thresholds): run "
+        f"`python -m oneclass_jax.tools.evaluate --workdir={workdir}` to "
+        "refit them.")
+  detector = pickle.loads(path.read_bytes())
+  heldout = files.load_npz(root / HELDOUT_SCORES)[name]
+  return SavedDetector(detector, meta, heldout)
+
+
+def restore_with_detector(workdir, name, mesh):
+  """(config, run, state, saved): the latest checkpoint and its detector.
+
+  What scoring new images needs. Refuses (naming the fix) a detector that is
+  missing, of an old format, or not fitted on this checkpoint, config and
+  data (the workdir trained on after its evaluation, say).
+  """
+  saved = load_detector(workdir, name)
+  config, run, state = experiment.restore_run(workdir, mesh)
+  stale = provenance.differences(
+      saved.meta.get("identity"),
+      provenance.identity(config, state, run.data.meta))
+  if stale:
+    raise ValueError(
+        f"The detectors in {workdir}/detectors were not fitted on this "
+        f"workdir's latest checkpoint, config and data ({', '.join(stale)} "
+        "differ): run `python -m oneclass_jax.tools.evaluate "
+        f"--workdir={workdir}` first.")
+  return config, run, state, saved
 
 
 def _aucs(labels, scores: dict) -> dict:

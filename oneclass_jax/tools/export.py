@@ -1,0 +1,44 @@
+r"""Exports a trained, evaluated workdir as one self-contained scorer folder.
+
+  python -m oneclass_jax.tools.export --workdir=DIR --out=model/ \
+      [--detector=kde] [--fpr=0.05] [--platforms=cpu,cuda]
+
+The folder holds a `jax.export` function (uint8 images in; anomaly scores
+and verdicts out; network, preprocessing, detector and threshold inside) and
+its meta.json; `oneclass_jax.scorer.Scorer.load(out)` scores with it using
+numpy and jax only. What is inside: `oneclass_jax.export`.
+"""
+from absl import app
+from absl import flags
+
+from oneclass_jax import export
+
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                               "A trained and evaluated workdir.")
+_OUT = flags.DEFINE_string("out", None, "The artefact folder to write.")
+_DETECTOR = flags.DEFINE_string("detector", "kde",
+                                "A detector fitted by evaluate.")
+_FPR = flags.DEFINE_float("fpr", 0.05,
+                          "Target false-positive rate on inliers.")
+_PLATFORMS = flags.DEFINE_list("platforms", list(export.PLATFORMS),
+                               "jax.export platforms (cpu, cuda, rocm, tpu).")
+flags.mark_flags_as_required(["workdir", "out"])
+# Checked before the run is restored, which takes a while.
+flags.register_validator("fpr", lambda fpr: 0.0 < fpr < 1.0,
+                         "--fpr must be in (0, 1).")
+
+
+def main(argv):
+  del argv
+  meta = export.export_workdir(_WORKDIR.value, _OUT.value,
+                               detector=_DETECTOR.value, fpr=_FPR.value,
+                               platforms=_PLATFORMS.value)
+  print(f"Wrote {_OUT.value}: {meta['detector']} on {meta['embedding']}, "
+        f"images {'x'.join(map(str, meta['image_shape']))} uint8, threshold "
+        f"{meta['threshold']:.5g} (target FPR {meta['target_fpr']}, "
+        f"{meta['heldout_fpr']:.4f} on {meta['heldout_count']} held-out "
+        f"inliers), platforms {','.join(meta['platforms'])}.")
+
+
+if __name__ == "__main__":
+  app.run(main)
