@@ -50,9 +50,7 @@ def score_function(model, variables, embedding: str, detector, threshold):
 
   def score(images):
     scores = detector_fn(embeddings.embed(model, variables, images)[key])
-    # `not <=` rather than `>`: a NaN score (a network that diverged on this
-    # input) is flagged, not passed as normal.
-    return scores, ~(scores <= threshold)
+    return scores, detectors.anomalous(scores, threshold)
 
   return score
 

@@ -90,8 +90,9 @@ def score_folder(workdir, folder, *, detector="kde", fpr=0.05):
   features = emb[embeddings.EMBEDDING_KEYS[meta["embedding"]]]
   scores = np.asarray(det.score(features), np.float64)
   threshold = detectors.threshold_at_fpr(heldout, fpr)
-  rows = [(n, float(s), "anomalous" if s > threshold else "normal")
-          for n, s in zip(names, scores)]
+  flagged = detectors.anomalous(scores, threshold)
+  rows = [(n, float(s), "anomalous" if f else "normal")
+          for n, s, f in zip(names, scores, flagged)]
   return rows, threshold, problems
 
 

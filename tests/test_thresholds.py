@@ -2,6 +2,7 @@
 fresh inliers is the requested one (issue #16)."""
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -56,3 +57,14 @@ def test_score_refuses_detectors_of_an_older_format(tmp_path):
   with pytest.raises(ValueError, match="format 1; this version scores with "
                      "format 2"):
     evaluators.one_class.load_detector(tmp_path, "kde")
+
+
+def test_verdicts_flag_nan_and_agree_between_numpy_and_jax():
+  # `score` used `s > threshold`, which passes a NaN score (a diverged
+  # network) as normal, while the exported function flagged it; both now
+  # share detectors.anomalous.
+  scores = np.array([0.5, 1.0, 2.0, np.nan])
+  expected = [False, False, True, True]
+  assert detectors.anomalous(scores, 1.0).tolist() == expected
+  assert np.asarray(detectors.anomalous(jnp.asarray(scores, jnp.float32),
+                                        jnp.float32(1.0))).tolist() == expected

@@ -17,14 +17,16 @@ from oneclass_jax.detectors import gaussian
 from oneclass_jax.detectors import kde
 from oneclass_jax.detectors import knn
 from oneclass_jax.detectors import ocsvm
+from oneclass_jax.detectors.base import anomalous
 from oneclass_jax.detectors.base import check_features
 from oneclass_jax.detectors.base import Detector
 from oneclass_jax.detectors.base import l2_normalize
 from oneclass_jax.detectors.base import score_in_blocks
 from oneclass_jax.detectors.base import threshold_at_fpr
 
-__all__ = ["check_features", "Detector", "l2_normalize", "score_in_blocks",
-           "threshold_at_fpr", "DETECTORS", "get", "ROTATION", "EMBEDDINGS",
+__all__ = ["anomalous", "check_features", "Detector", "l2_normalize",
+           "score_in_blocks", "threshold_at_fpr", "DETECTORS", "get",
+           "ROTATION", "EMBEDDINGS",
            "split_names", "check_eval_settings"]
 
 DETECTORS: dict[str, type] = {

@@ -135,3 +135,13 @@ def threshold_at_fpr(heldout_scores, fpr: float) -> float:
         "realised false-positive rate will be noisy; use more normal "
         "training images or a larger fpr.")
   return float(np.quantile(heldout_scores, 1.0 - fpr))
+
+
+def anomalous(scores, threshold):
+  """Verdicts: True where a score is above the threshold, or NaN.
+
+  `not <=` rather than `>`: a NaN score (a network that diverged on this
+  input) is flagged, not passed as normal. Works on numpy and jax arrays, so
+  `score` and the exported function give the same verdicts.
+  """
+  return ~(scores <= threshold)
