@@ -193,3 +193,16 @@ def test_stage2_benchmark_smoke(tmp_path):
   _run([sys.executable, "benchmarks/stage2_benchmark.py", "--smoke",
         f"--out={tmp_path / 's.jsonl'}"], tmp_path)
   assert len((tmp_path / "s.jsonl").read_text().splitlines()) == len(records)
+
+
+def test_eval_benchmark_smoke(tmp_path):
+  out_file = tmp_path / "eval.jsonl"
+  _run([sys.executable, "benchmarks/eval_benchmark.py", "--smoke",
+        "--methods=rotation", f"--root={tmp_path / 'runs'}",
+        f"--out={out_file}"], tmp_path)
+  (record,) = [json.loads(line) for line in out_file.read_text().splitlines()]
+  assert record["method"] == "rotation" and record["evaluate_seconds"] > 0
+  # The phases are read from the evaluation's own progress lines: the
+  # extraction with its four rotated views and each detector's fit.
+  assert any("4 rotations each" in name for name in record["phases"])
+  assert any(name.startswith("Fitting kde") for name in record["phases"])
