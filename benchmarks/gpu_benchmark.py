@@ -211,7 +211,8 @@ def train_all(rep, clock, common, rows, source, workdir, smoke):
   config.checkpoint_every_steps = 1 << 30  # Only the last step.
   config.log_every_steps = 100
   first = multi.expand(config)[0][1]
-  steps_per_epoch = len(one_class.make(first.data).train) // config.batch_size
+  steps_per_epoch = len(one_class.make(
+      first.data, image_size=first.model.image_size).train) // config.batch_size
   budget = (clock.left() - _EVAL_RESERVE.value - row["compile_s"] - 15)
   steps = int(budget * rate / (num_classes * config.batch_size))
   if smoke:

@@ -8,17 +8,27 @@ disagree about what an epoch is.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import ml_collections
 
 
-def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+def class_id_or_name(value: str) -> int | str:
+  """'3' -> 3, 'good' -> 'good': a class by id or by (label folder) name."""
+  return int(value) if value.isdigit() else value
+
+
+def parse_arg(arg: str | None,
+              parsers: Mapping[str, Callable[[str], Any]] | None = None,
+              **defaults: Any) -> ml_collections.ConfigDict:
   """Parses a config variant string 'k1=v1,k2=v2,flag' against typed defaults.
 
   Like big_vision's `parse_arg`: each value is cast to the type of its
   default, a bare key sets a bool default to True, and an unknown key fails.
+  `parsers` maps the keys whose values are not of one type to the function
+  that reads them (`inlier_class`: `class_id_or_name`).
   """
+  parsers = parsers or {}
   result = ml_collections.ConfigDict(dict(defaults))
   if not arg:
     return result
@@ -34,6 +44,10 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
       if not isinstance(default, bool):
         raise ValueError(f"Config argument {key!r} needs a value ({key}=...).")
       result[key] = True
+    elif key in parsers:
+      # Replaced, not assigned: the ConfigDict field keeps the default's type.
+      del result[key]
+      result[key] = parsers[key](value)
     elif isinstance(default, bool):
       result[key] = value.lower() in ("1", "true", "yes")
     else:
@@ -127,7 +141,12 @@ def base_config(arg) -> ml_collections.ConfigDict:
   c.seed = arg.seed
   c.data = ml_collections.ConfigDict(dict(
       name=arg.dataset,
-      inlier_class=arg.inlier_class,
+      # A class id or a label-folder name (image_folder): typed `object` so
+      # that `--config.data.inlier_class=good` overrides it as well as `=3`
+      # (ml_collections reads an object field as a Python literal, else as
+      # a string; an int field would refuse the name).
+      inlier_class=ml_collections.FieldReference(arg.inlier_class,
+                                                 field_type=object),
       data_dir="",       # tfds data dir ('' = $TFDS_DATA_DIR or default).
       source_dir="",     # local source (IDX files, image folder); '' = auto.
       seed=arg.seed,
@@ -188,5 +207,6 @@ def base_config(arg) -> ml_collections.ConfigDict:
 
 def variant(arg, **extra):
   """parse_arg with the variant keys every config accepts."""
-  return parse_arg(arg, dataset="cifar10", inlier_class=0, seed=0,
-                   runlocal=False, **extra)
+  return parse_arg(arg, {"inlier_class": class_id_or_name},
+                   dataset="cifar10", inlier_class=0, seed=0, runlocal=False,
+                   **extra)

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import logging
 
 from oneclass_jax import checkpoint
 from oneclass_jax import config_lib
@@ -40,7 +41,8 @@ class Task:
   make_data: Callable[[ml_collections.ConfigDict], Any]
   # Before training, without data: can the evaluation run with these settings?
   check_eval: Callable[[ml_collections.ConfigDict], None]
-  # Before training, with the data: can the evaluation score this test set?
+  # Before training, with the data: what will the evaluation make of this
+  # test set? (Fails, or warns, before any compute is spent.)
   check_test_set: Callable[[ml_collections.ConfigDict, Any], None]
 
 
@@ -54,24 +56,25 @@ def _nothing_to_check(*args) -> None:
   # and mvtec.data checks the test set when it builds it.
 
 
-def _check_auc_possible(config, data) -> None:
-  """Before training: the test set must allow an AUC (inliers and outliers)."""
-  counts = data.meta["counts"]
-  inliers, total = counts["test_inliers"], counts["test"]
-  if inliers == 0 or inliers == total:
-    missing = "inlier" if inliers == 0 else "outlier"
-    raise ValueError(
-        f"The test split of {config.data.name} has no {missing} images for "
-        f"inlier class {config.data.inlier_class} "
-        f"({data.meta.get('inlier_name', '')}): {inliers} of {total} test "
-        "images are inliers, so no AUC can be computed. Add a test/<class>/ "
-        "folder with images of that class and of others.")
+def _warn_without_auc(config, data) -> None:
+  """Says before training when the test set will give no AUC.
+
+  Not an error: normal images alone train a model and fit its detectors and
+  threshold (`score` needs nothing more); only the AUC is skipped.
+  """
+  reason = one_class.auc_skipped_reason(data.meta)
+  if reason:
+    logging.warning(
+        "%s for %s inlier class %s: training goes ahead; the evaluation will "
+        "save the detectors and the threshold and skip the AUC.", reason,
+        config.data.name, config.data.inlier_class)
 
 
 TASKS: dict[str, Task] = {
-    "one_class": Task(make_data=lambda config: one_class.make(config.data),
+    "one_class": Task(make_data=lambda config: one_class.make(
+        config.data, image_size=config.model.image_size),
                       check_eval=_check_detector_settings,
-                      check_test_set=_check_auc_possible),
+                      check_test_set=_warn_without_auc),
     "mvtec_patches": Task(make_data=mvtec_data.make,  # One category's patches.
                           check_eval=_nothing_to_check,
                           check_test_set=_nothing_to_check),

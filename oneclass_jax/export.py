@@ -109,7 +109,8 @@ def export_workdir(workdir, out, *, detector: str = "kde", fpr: float = 0.05,
   config, run, state, saved = evaluators.one_class.restore_with_detector(
       workdir, detector, mesh)
   threshold = detectors.threshold_at_fpr(saved.heldout, fpr)
-  image_shape = tuple(int(d) for d in run.data.test[0]["image"].shape)
+  # From the data's meta: a run of normal images only has no test split.
+  image_shape = tuple(int(d) for d in run.data.meta["image_shape"])
   # Host copies: the weights become constants of the exported program
   # rather than arrays sharded over this process's mesh.
   variables = jax.device_get({"params": state["params"],

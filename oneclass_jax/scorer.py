@@ -116,7 +116,10 @@ class Scorer:
 
     Args:
       images: [n, H, W, C] or one [H, W, C] image, uint8, preprocessed like
-        the training data (`meta['image_shape']`).
+        the training data (`meta['image_shape']`): read files with
+        `oneclass_jax.data.datasets.read_image(path, dataset, H)`, the
+        conversion's own function (image_folder: RGB, 16-bit rescaled,
+        alpha dropped, the whole image resized to H x H, PIL bicubic).
 
     Returns:
       The detector's anomaly scores (higher = more anomalous) and the

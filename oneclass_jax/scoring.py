@@ -51,13 +51,11 @@ def read_images(folder, dataset: str, image_shape):
   if not files:
     raise FileNotFoundError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in "
                             f"{folder}.")
-  spec = datasets.get_spec(dataset)
   images, names, problems = [], [], []
   for path in files:
     try:
-      image = datasets.decode_image(path)
-      if image.shape != tuple(image_shape):
-        image = spec.preprocess(image)
+      # Exactly as the training images were converted (datasets.read_image).
+      image = datasets.read_image(path, dataset, image_shape[0])
       if image.shape != tuple(image_shape):
         raise ValueError(f"shape {image.shape}, the model expects "
                          f"{tuple(image_shape)}")
@@ -76,7 +74,7 @@ def score_folder(workdir, folder, *, detector="kde", fpr=0.05):
   mesh = parallel.make_mesh()
   config, run, state, (det, meta, heldout) = (
       evaluators.one_class.restore_with_detector(workdir, detector, mesh))
-  image_shape = tuple(run.data.test[0]["image"].shape)
+  image_shape = tuple(run.data.meta["image_shape"])  # Test may be empty.
   images, names, problems = read_images(folder, config.data.name,
                                         image_shape)
   for problem in problems:

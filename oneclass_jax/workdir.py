@@ -11,7 +11,9 @@ A workdir (local or gs://) holds:
   detectors/         fitted detectors and threshold scores (one_class task)
   scores.npz         test labels and the score of every detector
   score_grids.npz, heatmaps/   patch scores and maps (mvtec_patches task)
-  results.json       AUCs and the run's identity, written LAST: a workdir
+  results.json       AUCs (or `"auc": null` and `auc_skipped`, the reason,
+                     for a test set of normal images only, or none) and the
+                     run's identity, written LAST: a workdir
                      with it has its other outputs too ("finished")
   analysis.json      what the study figures need (`analysis/study_runs.py`)
   summary.json       a K-model program's root: every model's AUCs
@@ -138,7 +140,8 @@ _SCHEMA: dict[str, Callable[[object], bool]] = {
     "seed": _is_int,
     "step": _is_int,
     "embedding": lambda v: v in ("f", "g"),
-    "auc": lambda v: isinstance(v, dict) and bool(v),
+    # None: the test set allows no AUC; `auc_skipped` then says why.
+    "auc": lambda v: v is None or (isinstance(v, dict) and bool(v)),
 }
 
 
@@ -153,8 +156,13 @@ class Results:
   seed: int
   step: int
   embedding: str
-  auc: dict[str, float]
+  auc: dict[str, float]  # Empty when the run has no AUC (`auc_skipped`).
   record: Mapping[str, Any]  # Everything results.json holds.
+
+  @property
+  def auc_skipped(self) -> str | None:
+    """Why the run has no AUC (a normal-only test set, say); None if it has."""
+    return self.record.get("auc_skipped")
 
   @property
   def task_key(self):
@@ -197,13 +205,17 @@ class Results:
                          f"hold {sorted(_SCHEMA)}.")
       if not ok(record[key]):
         raise ValueError(f"{path}: invalid {key!r} = {record[key]!r}.")
-    for name, value in record["auc"].items():
+    if record["auc"] is None and not (
+        isinstance(record.get("auc_skipped"), str) and record["auc_skipped"]):
+      raise ValueError(f"{path}: 'auc' is null but 'auc_skipped' gives no "
+                       "reason; re-evaluate the run.")
+    for name, value in (record["auc"] or {}).items():
       if (isinstance(value, bool) or not isinstance(value, (int, float)) or
           not 0.0 <= value <= 1.0):
         raise ValueError(f"{path}: auc[{name!r}] = {value!r} is not a "
                          "number in [0, 1].")
     return cls(path=path.parent, record=record,
-               auc={k: float(v) for k, v in record["auc"].items()},
+               auc={k: float(v) for k, v in (record["auc"] or {}).items()},
                **{k: record[k] for k in _SCHEMA if k != "auc"})
 
 

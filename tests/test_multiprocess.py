@@ -63,7 +63,7 @@ def make_tiny(tmp_path_factory) -> types.SimpleNamespace:
   folder = make_folder(tmp_path_factory.mktemp("folder"))
   data_dir = tmp_path_factory.mktemp("tfds")
   for split in ("train", "test"):
-    sources.load("image_folder", split, data_dir=str(data_dir),
+    sources.load("image_folder", split, image_size=32, data_dir=str(data_dir),
                  source_dir=str(folder))
   cache = tmp_path_factory.getbasetemp() / "jax_compilation_cache"
   return types.SimpleNamespace(folder=folder, data_dir=data_dir, cache=cache)

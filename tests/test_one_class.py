@@ -55,6 +55,11 @@ def config(folder, data_dir, **overrides):
   return ml_collections.ConfigDict(fields)
 
 
+def make(cfg):
+  """one_class.make on the SIZE x SIZE fixture, at its own size."""
+  return one_class.make(cfg, image_size=SIZE)
+
+
 def image_id(record):
   return int(record["image"][0, 0, 2])
 
@@ -130,7 +135,7 @@ def test_dist_aug_names():
 
 def test_basic_sets(folder, data_dir):
   _, ids = folder
-  data = one_class.make(config(folder, data_dir, inlier_class=1))
+  data = make(config(folder, data_dir, inlier_class=1))
   train = all_records(data.train)
   assert len(train) == TRAIN_PER_CLASS
   assert {ids[image_id(r)] for r in train} == {("train", 1)}
@@ -147,7 +152,7 @@ def test_basic_sets(folder, data_dir):
 
 
 def test_inlier_class_by_name(folder, data_dir):
-  data = one_class.make(config(folder, data_dir, inlier_class="c"))
+  data = make(config(folder, data_dir, inlier_class="c"))
   assert data.meta["inlier_class"] == 2
 
 
@@ -155,7 +160,7 @@ def test_inlier_class_by_name(folder, data_dir):
     ("none", 1), ("rot90", 4), ("hflip", 2), ("rot90+hflip", 8),
     ("first3", 3), ("first8", 8)])
 def test_distribution_augmented_sizes(folder, data_dir, dist_aug, copies):
-  data = one_class.make(config(folder, data_dir, dist_aug=dist_aug))
+  data = make(config(folder, data_dir, dist_aug=dist_aug))
   transforms = geometric.dist_aug_transforms(dist_aug)
   assert data.dist_sets == list(transforms)
   assert len(data.train) == copies * TRAIN_PER_CLASS
@@ -172,7 +177,7 @@ def test_distribution_augmented_sizes(folder, data_dir, dist_aug, copies):
 
 def test_contamination_keeps_size_and_hides_labels(folder, data_dir):
   _, ids = folder
-  data = one_class.make(config(folder, data_dir, contamination=0.1,
+  data = make(config(folder, data_dir, contamination=0.1,
                                dist_aug="rot90"))
   train = all_records(data.train)
   assert len(train) == 4 * TRAIN_PER_CLASS  # size unchanged by contamination
@@ -195,7 +200,7 @@ def test_contamination_keeps_size_and_hides_labels(folder, data_dir):
 
 def test_validation_split(folder, data_dir):
   _, ids = folder
-  data = one_class.make(config(folder, data_dir, validation=True, seed=1))
+  data = make(config(folder, data_dir, validation=True, seed=1))
   n_val = TRAIN_PER_CLASS // 10
   assert len(data.train) == TRAIN_PER_CLASS - n_val
   val = all_records(data.val)
@@ -219,7 +224,7 @@ def test_validation_split(folder, data_dir):
 
 def test_validation_and_contamination_use_different_outliers(folder,
                                                              data_dir):
-  data = one_class.make(config(folder, data_dir, validation=True,
+  data = make(config(folder, data_dir, validation=True,
                                contamination=0.5, seed=3))
   train = all_records(data.train)
   val_outliers = {image_id(r) for r in all_records(data.val)
@@ -230,20 +235,20 @@ def test_validation_and_contamination_use_different_outliers(folder,
 
 
 def test_fit_cap(folder, data_dir):
-  data = one_class.make(config(folder, data_dir, fit_cap=5))
+  data = make(config(folder, data_dir, fit_cap=5))
   fit_ids = [image_id(r) for r in all_records(data.fit)]
   train_ids = {image_id(r) for r in all_records(data.train)}
   assert len(fit_ids) == 5 == len(set(fit_ids))
   assert set(fit_ids) <= train_ids
   with pytest.warns(UserWarning, match="fit_cap 100 exceeds"):
-    data = one_class.make(config(folder, data_dir, fit_cap=100))
+    data = make(config(folder, data_dir, fit_cap=100))
   assert len(data.fit) == TRAIN_PER_CLASS
 
 
 def test_same_seed_same_sets(folder, data_dir):
   kwargs = dict(validation=True, contamination=0.2, fit_cap=7, seed=5)
-  first = one_class.make(config(folder, data_dir, **kwargs))
-  second = one_class.make(config(folder, data_dir, **kwargs))
+  first = make(config(folder, data_dir, **kwargs))
+  second = make(config(folder, data_dir, **kwargs))
   for name in ("train", "fit", "val"):
     a = all_records(getattr(first, name))
     b = all_records(getattr(second, name))
@@ -281,7 +286,7 @@ def test_fashion_mnist_counts(fmnist_dir, tmp_path_factory):
 ])
 def test_bad_config(folder, data_dir, overrides, message):
   with pytest.raises(ValueError, match=message):
-    one_class.make(config(folder, data_dir, **overrides))
+    make(config(folder, data_dir, **overrides))
 
 
 def test_class_without_train_images(tmp_path):
@@ -294,10 +299,11 @@ def test_class_without_train_images(tmp_path):
       name="image_folder", inlier_class="b", data_dir=str(tmp_path / "d"),
       source_dir=str(root)))
   with pytest.raises(ValueError, match="has no train images"):
-    one_class.make(cfg)
+    one_class.make(cfg, image_size=4)
 
 
-def test_rotation_needs_square_images(tmp_path):
+def test_non_square_images_become_square_so_rotations_apply(tmp_path):
+  # Old code: 4x6 images stayed 4x6 and dist_aug rot90 was refused.
   root = pathlib.Path(tmp_path / "src")
   for split in ("train", "test"):
     (root / split / "a").mkdir(parents=True)
@@ -306,10 +312,9 @@ def test_rotation_needs_square_images(tmp_path):
   cfg = ml_collections.ConfigDict(dict(
       name="image_folder", inlier_class=0, data_dir=str(tmp_path / "d"),
       source_dir=str(root), dist_aug="rot90"))
-  with pytest.raises(ValueError, match="not square"):
-    one_class.make(cfg)
-  cfg.dist_aug = "hflip"
-  assert len(one_class.make(cfg).train) == 2
+  data = one_class.make(cfg, image_size=4)
+  assert len(data.train) == 4
+  assert data.train[1]["image"].shape == (4, 4, 3)
 
 
 def test_train_cap_limits_the_representation_set_only(tmp_path):
@@ -329,9 +334,9 @@ def test_train_cap_limits_the_representation_set_only(tmp_path):
       name="image_folder", inlier_class=0, source_dir=str(root),
       data_dir=str(tmp_path / "tfds"), seed=3, train_cap=12,
       dist_aug="rot90"))
-  data = oc.make(cfg)
+  data = oc.make(cfg, image_size=8)
   assert len(data.train) == 12 * 4 and len(data.fit) == 30
   assert data.meta["counts"]["train_images"] == 12
   cfg.train_cap = -1
   with pytest.raises(ValueError, match="train_cap must be >= 0"):
-    oc.make(cfg)
+    oc.make(cfg, image_size=8)

@@ -246,6 +246,9 @@ def select_images(spec: str, loaded: Loaded, seed: int
   """uint8 images [N, H, W, 3] and a caption per image for `--images`."""
   test = loaded.run.data.test
   if spec.startswith("test:"):
+    if not len(test):
+      raise ValueError(f"--images={spec}: this run has no test images (its "
+                       "data has no test split); give image files or globs.")
     what = spec[len("test:"):]
     labels = test.labels
     if what.startswith("idx="):
@@ -283,12 +286,14 @@ def _image_files(spec: str, loaded: Loaded):
                               "image files, globs, test:N or test:idx=...")
     paths += found
   name = loaded.config.data.name
-  spec_ = datasets.DATASETS.get(name)
-  preprocess = spec_.preprocess if spec_ is not None else datasets.to_rgb
   size = loaded.config.model.image_size
   images = []
   for path in paths:
-    image = preprocess(datasets.decode_image(pathlib.Path(path)))
+    if name in datasets.DATASETS:
+      # Exactly as the training images were converted.
+      image = datasets.read_image(pathlib.Path(path), name, size)
+    else:  # MVTec patches: the files must already be patch-sized.
+      image = datasets.to_rgb(datasets.decode_image(pathlib.Path(path)))
     if image.shape != (size, size, 3):
       raise ValueError(f"{path}: preprocessed to {image.shape}, but the "
                        f"model takes {size}x{size}x3 images; resize it.")
@@ -386,7 +391,7 @@ def explain(workdirs: Sequence[str], images_spec: str, *,
   sign = 1.0 if target == "normality" else -1.0
   mesh = parallel.make_mesh()
   loaded = [load_workdir(w, mesh) for w in workdirs]
-  shapes = {tuple(item.run.data.test[0]["image"].shape) for item in loaded}
+  shapes = {tuple(item.run.data.meta["image_shape"]) for item in loaded}
   if len(shapes) > 1:
     raise ValueError(f"The workdirs take different image shapes {shapes}; "
                      "explain models of one dataset together.")

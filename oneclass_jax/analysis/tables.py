@@ -15,13 +15,17 @@ detector) and reports AUC ×100 with one decimal:
   `num_classes` (Table 2's "Mean" column), over the datasets present.
 
 Every std is the sample std (ddof = 1); it is left blank with a single seed.
+Runs without an AUC (a test set of normal images only, or none: their
+results.json says why in `auc_skipped`) enter no statistic; they are listed
+in their own table, AUC shown as "—", with the reason.
 Runs are grouped by their `method` string, so different configurations of one
 method must carry different method names or be reported separately. If two
 results.json describe the same (dataset, class, method, embedding, seed), the
 one with the larger `step` (the later checkpoint; the authors report the last
 epoch) is kept; equal steps are an error.
 
-With --out, writes report.md, per_class.csv, per_dataset.csv, overall.csv and,
+With --out, writes report.md, per_class.csv, per_dataset.csv, overall.csv,
+no_auc.csv and,
 for every run whose directory holds `scores.npz`, a ROC-curve PNG and a
 score-histogram PNG under figures/; every file is written atomically. Without
 --out, prints the Markdown to stdout and draws no figures.
@@ -84,6 +88,7 @@ class Report:
   per_class: list[dict]
   per_dataset: list[dict]
   overall: list[dict]
+  no_auc: list[dict] = dataclasses.field(default_factory=list)
 
 
 def aggregate(runs: Sequence[Results]) -> Report:
@@ -120,7 +125,13 @@ def aggregate(runs: Sequence[Results]) -> Report:
         auc_pct_std=_std(seed_means),
         paper_auc_pct=_or_nan(paper.table2(dataset, method, det,
                                            embedding))))
-  return Report(per_class, per_dataset, _overall(per_dataset))
+  no_auc = [dict(dataset=run.dataset, inlier_class=run.inlier_class,
+                 inlier_name=run.record.get("inlier_name", ""),
+                 method=run.method, embedding=run.embedding, seed=run.seed,
+                 step=run.step, reason=run.auc_skipped, path=str(run.path))
+            for run in sorted(runs, key=lambda r: str(r.path))
+            if run.auc_skipped]
+  return Report(per_class, per_dataset, _overall(per_dataset), no_auc)
 
 
 def _or_nan(value: Optional[float]) -> float:
@@ -198,6 +209,15 @@ def to_markdown(report: Report) -> str:
   for dataset in datasets:
     parts += [f"## {dataset}: per-class AUROC (Tables 8-11 layout)",
               _per_class_markdown(report, dataset)]
+  if report.no_auc:
+    parts += ["## Runs without an AUC (detectors and threshold saved)",
+              _md_table(["dataset", "class", "method", "embedding", "seed",
+                         "step", "AUC", "reason", "workdir"],
+                        [[r["dataset"], f"{r['inlier_class']} "
+                          f"({r['inlier_name']})", r["method"],
+                          r["embedding"], str(r["seed"]), str(r["step"]),
+                          "—", r["reason"], r["path"]]
+                         for r in report.no_auc])]
   return "\n\n".join(parts) + "\n"
 
 
@@ -228,6 +248,9 @@ _CSV_COLUMNS = {
         "auc_pct_std", "paper_auc_pct"]),
     "overall.csv": ("overall", ["method", "embedding", "detector", "datasets",
                                 "num_classes", "auc_pct_mean"]),
+    "no_auc.csv": ("no_auc", ["dataset", "inlier_class", "inlier_name",
+                              "method", "embedding", "seed", "step",
+                              "reason", "path"]),
 }
 
 
@@ -331,7 +354,8 @@ def write_report(report: Report, out: pathlib.Path,
                   lambda tmp, t=text: pathlib.Path(tmp).write_text(t))
     written.append(out / filename)
   for run in runs or ():
-    if (run.path / workdir_lib.SCORES).exists():
+    # A run without an AUC has no ROC curve (one class only, or no scores).
+    if run.auc and (run.path / workdir_lib.SCORES).exists():
       try:
         written += plot_run(run, out / "figures")
       except ValueError as e:

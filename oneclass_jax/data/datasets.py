@@ -13,7 +13,7 @@ table (class names, preprocessing, `decode_image`) stays light.
 | `mnist` | IDX files via `source_dir`, or tfds `mnist` | 10 | as fashion_mnist | no |
 | `cats_vs_dogs` | tfds `cats_vs_dogs` (one split; see below), or `source_dir` with `train/{cat,dog}/` | 2 (cat = 0, dog = 1) | shorter side resized to 64 (PIL box = area filter), centre crop 64x64x3 | no |
 | `celeba_eyeglasses` | tfds `celeb_a`; label = `attributes/Eyeglasses` | 1 (inlier: no eyeglasses, label 0) | crop `[40:-20, 10:-10]` (158x158), PIL bicubic resize to 64x64x3 | no |
-| `image_folder` | any `root/<split>/<label>/*.{jpg,jpeg,png}` via `source_dir` | one per label folder (sorted names) | as stored (all images of one shape) | yes (any folder) |
+| `image_folder` | `source_dir` with `train/<label>/*.{jpg,jpeg,png}` (one folder is enough: normal images only) and optionally `test/<label>/` (with or without anomalies) | one per label folder (sorted names over all splits) | any size and mode: RGB (grey repeated, 16-bit rescaled, alpha dropped), whole image resized to `image_size` x `image_size` (PIL bicubic; `resize_to_square`) | yes (any folder) |
 
 Cats-vs-Dogs has only a `train` split in tfds: 23,262 of Kaggle's 25,000
 images. The authors drew 10,000 train and 2,500 test images per class from
@@ -24,6 +24,7 @@ rest of that class (roughly 9,100 per class). The split is fixed: it does not
 depend on any experiment seed.
 """
 import dataclasses
+import functools
 import pathlib
 from typing import Callable, Optional
 
@@ -38,8 +39,19 @@ from oneclass_jax.data import image_io
 
 
 def decode_image(path: pathlib.Path) -> np.ndarray:
-  """Decodes an image file to uint8 HxWx3 (16-bit rescaled: see image_io)."""
+  """Decodes an image file to uint8 HxWx3 (16-bit rescaled, alpha dropped:
+  see image_io)."""
   return image_io.decode(path, "RGB")
+
+
+def read_image(path: pathlib.Path, dataset: str, image_size: int) -> np.ndarray:
+  """An image file as `dataset`'s final image, as its conversion made them.
+
+  The one path from a file to a model input: image-folder conversion, `score`
+  and `explain` all read files here, so a new image is preprocessed exactly
+  as the training images were.
+  """
+  return get_spec(dataset).final_image_fn(image_size)(decode_image(path))
 
 
 def to_rgb(image) -> np.ndarray:
@@ -84,6 +96,23 @@ def resize_shorter_center_crop_64(image) -> np.ndarray:
   return resized[top:top + size, left:left + size]
 
 
+def resize_to_square(image, size: int) -> np.ndarray:
+  """image_folder's final image: the WHOLE image resized to size x size x 3.
+
+  PIL bicubic, which antialiases when it shrinks (PIL widens the filter by
+  the scale factor). A plain resize rather than a centre crop: a defect at
+  the border of a part must stay in view, and since training and new images
+  are squeezed alike, the detector still compares like with like (the MVTec
+  pipeline resizes whole images too, `data/mvtec.py`). An image that is
+  already size x size is returned unchanged (PIL copies it).
+  """
+  image = to_rgb(image)
+  if image.shape[:2] == (size, size):
+    return image
+  return np.asarray(Image.fromarray(image).resize(
+      (size, size), Image.Resampling.BICUBIC))
+
+
 def celeba_crop_resize_64(image) -> np.ndarray:
   """CelebA 218x178: crop [40:-20, 10:-10] (158x158), bicubic resize to 64.
 
@@ -109,13 +138,16 @@ class DatasetSpec:
   Attributes:
     name: registry name.
     num_classes: number of classes; None = the label folders decide.
-    image_size: final square size; None = as stored (image_folder).
+    image_size: final square size; None = the caller's `image_size`
+      (image_folder: `config.model.image_size`).
     tfds_name: tfds catalog name, or None when only folders are read.
     train_split: catalog split used for "train".
     test_split: catalog split used for "test".
     label_key: path of the label inside a catalog record.
     class_names: fixed class names (index = label), or None.
-    preprocess: raw uint8 image -> final uint8 HxWx3 image.
+    preprocess: raw uint8 image -> final uint8 HxWx3 image; None (with
+      image_size None): `resize_to_square` to the caller's size. Read it
+      through `final_image_fn`.
     local_dir: a local IDX copy used when present (Debian package).
     supports_idx: whether IDX files are a valid local source.
     holdout_per_class: > 0: "test" is drawn from the source's train split,
@@ -129,7 +161,7 @@ class DatasetSpec:
   test_split: str = "test"
   label_key: tuple[str, ...] = ("label",)
   class_names: Optional[tuple[str, ...]] = None
-  preprocess: Callable[[np.ndarray], np.ndarray] = to_rgb
+  preprocess: Optional[Callable[[np.ndarray], np.ndarray]] = to_rgb
   local_dir: Optional[str] = None
   supports_idx: bool = False
   holdout_per_class: int = 0
@@ -139,6 +171,33 @@ class DatasetSpec:
     if self.image_size is None:
       return None
     return (self.image_size, self.image_size, 3)
+
+  def final_image_fn(self, image_size: Optional[int]
+                     ) -> Callable[[np.ndarray], np.ndarray]:
+    """Raw uint8 image -> final image (picklable, for the converter threads).
+
+    A dataset with a fixed final size (the paper's) keeps its own
+    preprocessing whatever `image_size` says (`experiment.setup` refuses a
+    model of another size); image_folder resizes to `image_size`.
+
+    Raises:
+      ValueError: image_folder without a positive int `image_size`.
+    """
+    if self.image_size is not None:
+      return self.preprocess
+    if (isinstance(image_size, bool) or not isinstance(image_size, int) or
+        image_size <= 0):
+      raise ValueError(
+          f"{self.name} resizes every image to image_size x image_size, so "
+          f"it needs a positive integer image_size (config.model.image_size"
+          f"), got {image_size!r}.")
+    return functools.partial(resize_to_square, size=image_size)
+
+  def final_shape(self, image_size: Optional[int]) -> tuple[int, int, int]:
+    """(H, W, 3) of the final images (see `final_image_fn`)."""
+    self.final_image_fn(image_size)  # Validates image_size.
+    size = self.image_size if self.image_size is not None else image_size
+    return (size, size, 3)
 
   def names(self) -> tuple[str, ...]:
     """Class names: the fixed ones, else "0", "1", ..."""
@@ -173,7 +232,7 @@ DATASETS: dict[str, DatasetSpec] = {
                     label_key=("attributes", "Eyeglasses"),
                     class_names=("no_eyeglasses", "eyeglasses"),
                     preprocess=celeba_crop_resize_64),
-        DatasetSpec("image_folder", None, None, None),
+        DatasetSpec("image_folder", None, None, None, preprocess=None),
     )
 }
 

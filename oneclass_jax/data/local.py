@@ -11,6 +11,12 @@ conversion). tfds writes into an `incomplete.*` folder and renames it only
 when everything is written, so an interrupted conversion never reads as done;
 the label cache is written (atomically) only into a complete conversion.
 
+An image folder needs only `train/<label>/` (one label folder of normal
+images is enough); `test/` is optional. Its images may have any size and
+mode: image_folder resizes each to `image_size` (`datasets.resize_to_square`,
+the target size is part of the fingerprint, so another size converts again);
+a named dataset's folder goes through that dataset's own preprocessing.
+
 Label folders of a named dataset (e.g. `cifar10` from a JPEG folder) must be
 the dataset's class names (`airplane`, ...) or class ids (`0`, `1`, ...), so
 the labels keep their original ids even when only some classes are present.
@@ -140,7 +146,6 @@ class LocalConfig(tfds.core.BuilderConfig):
   splits: tuple[str, ...] = ()
   class_names: tuple[str, ...] = ()
   image_shape: tuple[int, int, int] = (0, 0, 3)
-  shape_source: str = ""  # The image that set image_shape (image_folder).
 
   def __repr__(self) -> str:  # tfds logs it on every load: keep it short.
     return f"LocalConfig({self.name} from {self.source_dir})"
@@ -217,6 +222,7 @@ class _FolderBuilder(_LocalBuilder, skip_registration=True):
   def _examples(self, split):
     config = self.builder_config
     spec = datasets.get_spec(config.dataset)
+    final_image = spec.final_image_fn(config.image_shape[0])
     items = [
         (os.path.join(config.source_dir, split, label, name),
          _label_index(spec, label, config.class_names, config.source_dir))
@@ -226,16 +232,14 @@ class _FolderBuilder(_LocalBuilder, skip_registration=True):
     def load_chunk(chunk):
       images = []
       for path, _ in chunk:
-        image = spec.preprocess(datasets.decode_image(path))
+        image = final_image(datasets.decode_image(path))
         if image.shape != tuple(config.image_shape):
-          # image_folder takes its shape from the first image, which may be
-          # the odd one: name both, blame neither.
+          # Only a named dataset's fixed preprocessing can get here
+          # (image_folder resizes every image).
           raise ValueError(
-              f"images differ in shape after preprocessing: {path} is "
-              f"{image.shape}, but {config.dataset} expects "
-              f"{tuple(config.image_shape)} (the shape of "
-              f"{config.shape_source or 'the dataset'}). Give every image "
-              "the same size.")
+              f"{path} is {image.shape} after preprocessing, but "
+              f"{config.dataset} expects {tuple(config.image_shape)}; give "
+              f"it an image of that dataset's original size.")
         images.append(image)
       return images
 
@@ -300,35 +304,35 @@ def _idx_builder(spec, root, data_dir) -> _LocalBuilder:
   return _IdxBuilder(config=config, data_dir=str(data_dir))
 
 
-def _folder_builder(spec, root, data_dir) -> _LocalBuilder:
+def _folder_builder(spec, root, data_dir, image_size) -> _LocalBuilder:
+  image_shape = spec.final_shape(image_size)  # Fails before any scan.
   layout = _folder_layout(root)
-  digest = _fingerprint([_CONVERSION_REVISION, spec.name, str(root),
-                         sorted(layout.items())])
+  parts = [_CONVERSION_REVISION, spec.name, str(root), sorted(layout.items())]
+  if spec.image_size is None:  # The target size decides the final images.
+    parts.append(image_shape)
+  digest = _fingerprint(parts)
   if spec.num_classes is None:  # image_folder: the folders are the classes.
+    # Over all splits, so a test-only folder (test/crack/) has an id too.
     class_names = tuple(sorted({n for labels in layout.values()
                                 for n in labels}))
-    split, labels = next(iter(layout.items()))
-    label, files = next(iter(labels.items()))
-    first = os.path.join(root, split, label, files[0][0])
-    image_shape = spec.preprocess(datasets.decode_image(first)).shape
   else:
     class_names = spec.names()
-    image_shape = spec.image_shape
-    first = ""
   for labels in layout.values():  # Fail on a foreign label before converting.
     for label in labels:
       _label_index(spec, label, class_names, root)
   config = LocalConfig(
       name=f"{spec.name}_{digest}", dataset=spec.name, source_dir=str(root),
       splits=tuple(layout), class_names=class_names,
-      image_shape=tuple(image_shape), shape_source=first)
+      image_shape=tuple(image_shape))
   return _FolderBuilder(config=config, data_dir=str(data_dir))
 
 
 def layout_help(spec: datasets.DatasetSpec) -> str:
   """The local source layouts `spec` accepts, for error messages."""
-  text = ("an image folder <source_dir>/<split>/<label>/*.{jpg,jpeg,png} "
-          "(e.g. train/<label>/0001.jpg, test/<label>/0001.jpg)")
+  text = ("an image folder <source_dir>/<split>/<label>/*.{jpg,jpeg,png}: "
+          "train/<label>/ (one folder of normal images is enough, e.g. "
+          "train/good/0001.png) and optionally test/<label>/ (e.g. "
+          "test/good/, test/crack/)")
   if spec.supports_idx:
     text = ("the four IDX files {train,t10k}-{images-idx3,labels-idx1}-ubyte"
             "[.gz], or " + text)
@@ -350,13 +354,17 @@ def find_root(spec: datasets.DatasetSpec,
   return None
 
 
-def load_split(spec, split, root, data_dir) -> splits.Split:
-  """One split of the local source `root`, converted into `data_dir` once."""
+def load_split(spec, split, root, data_dir, image_size=None) -> splits.Split:
+  """One split of the local source `root`, converted into `data_dir` once.
+
+  Raises:
+    splits.MissingSplit: `root` has no such split (before any conversion).
+  """
   if spec.supports_idx and _idx_files(root):
     builder = _idx_builder(spec, root, data_dir)
   else:
     try:
-      builder = _folder_builder(spec, root, data_dir)
+      builder = _folder_builder(spec, root, data_dir, image_size)
     except FileNotFoundError as e:
       if not spec.supports_idx:
         raise
@@ -364,8 +372,10 @@ def load_split(spec, split, root, data_dir) -> splits.Split:
                               "files {train,t10k}-{images-idx3,labels-idx1}-"
                               "ubyte[.gz].") from e
   if split not in builder.builder_config.splits:
-    raise ValueError(f"split {split!r} not found in {root}; found "
-                     f"{list(builder.builder_config.splits)}.")
+    raise splits.MissingSplit(
+        f"split {split!r} not found in {root} (it has "
+        f"{list(builder.builder_config.splits)}); expected "
+        f"{layout_help(spec)}.")
   _prepare(builder)
   data_source = builder.as_data_source(split=split)
   cache = pathlib.Path(builder.data_dir) / f"labels-{split}.npy"

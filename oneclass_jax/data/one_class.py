@@ -13,6 +13,11 @@
   one-class detector, optionally a random subset of `fit_cap` (Fig. 5b/c; a
   cap above the number of images is clamped, with a warning).
 * `test`: the whole test split, label 0 for the inlier class, 1 otherwise.
+  A local source without a test split (an image folder with only train/)
+  gives an empty `test` and `meta['test_split']` False; a test set without
+  outliers or without inliers is kept as it is. `auc_skipped_reason` says
+  why such a test set has no AUC: the evaluation then fits and saves the
+  detectors and their threshold all the same.
 * `val` (with `validation=True`, App. A.4): 10% of the inlier train images
   held out (training keeps the other 90%) plus as many outliers drawn from
   the other classes' train images. With seed 1 the draws are the authors'
@@ -103,18 +108,27 @@ class OneClassData:
   meta: dict[str, Any]
 
 
-def _inlier_class(value, split: splits.Split, name: str) -> int:
-  """Class id from an int, a digit string or a class name."""
+def _folder_hint(cfg, label: str) -> str:
+  source_dir = getattr(cfg, "source_dir", None)
+  if not source_dir:
+    return ""
+  return (f" Its images belong in {source_dir}/train/{label}/ (one folder "
+          "per class; test/ is optional).")
+
+
+def _inlier_class(value, split: splits.Split, name: str, cfg=None) -> int:
+  """Class id from an int, a digit string or a class (label folder) name."""
+  # A bool or a float would pass int() (True -> 1, 0.5 -> 0): refuse them.
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer, str)):
+    raise ValueError(f"inlier_class must be a class id or name, got "
+                     f"{value!r}.")
   if isinstance(value, str) and not value.isdigit():
     if value not in split.class_names:
       raise ValueError(f"inlier_class {value!r} is not a class of {name}; "
-                       f"classes: {list(split.class_names)}.")
+                       f"classes: {list(split.class_names)}."
+                       + _folder_hint(cfg, value))
     return split.class_names.index(value)
-  try:
-    value = int(value)
-  except (TypeError, ValueError) as e:
-    raise ValueError(f"inlier_class must be a class id or name, got "
-                     f"{value!r}.") from e
+  value = int(value)
   if not 0 <= value < split.num_classes:
     raise ValueError(f"inlier_class {value} out of range for {name}: "
                      f"0..{split.num_classes - 1}.")
@@ -128,7 +142,22 @@ def _take_outliers(pool: np.ndarray, count: int, rng, what: str) -> np.ndarray:
   return pool[rng.permutation(len(pool))[:count]]
 
 
-def make(cfg) -> OneClassData:
+def auc_skipped_reason(meta: dict) -> Optional[str]:
+  """Why the test set of `make`'s `meta` allows no AUC; None when it does."""
+  counts = meta["counts"]
+  if not meta["test_split"]:
+    return "No test split (the source has no test/ folder)"
+  inliers, total = counts["test_inliers"], counts["test"]
+  if inliers == total:
+    return ("No anomalies in the test set (test/ has only the inlier class "
+            f"{meta['inlier_name']!r})")
+  if inliers == 0:
+    return ("No inliers in the test set (test/ has no images of the inlier "
+            f"class {meta['inlier_name']!r}, only anomalies)")
+  return None
+
+
+def make(cfg, *, image_size: Optional[int] = None) -> OneClassData:
   """Builds the one-class sets described by `cfg`.
 
   Args:
@@ -138,15 +167,18 @@ def make(cfg) -> OneClassData:
       all; larger than the training set: clamped with a warning),
       `train_cap` (0 = all: at most this many images, before distribution
       augmentation, train the representation; Figure 9), `dist_aug` ("none").
+    image_size: side of the final images where the dataset has no fixed
+      size (image_folder: config.model.image_size).
 
   Returns:
     The `OneClassData`.
 
   Raises:
-    ValueError: bad inlier class (out of range or no train images),
-      contamination outside [0, 1), negative fit_cap, unknown dist_aug (or a
-      rotating one on non-square images), or too few outliers for
-      validation or contamination.
+    ValueError: bad inlier class (out of range, not a label folder or no
+      train images), no train split (`splits.MissingSplit`),
+      contamination outside [0, 1), negative fit_cap, unknown dist_aug, or
+      too few outliers for validation or contamination. (Every dataset's
+      final images are square, so every dist_aug applies.)
   """
   name = cfg.name
   seed = int(getattr(cfg, "seed", 0))
@@ -163,20 +195,26 @@ def make(cfg) -> OneClassData:
       raise ValueError(f"{cap_name} must be >= 0 (0 = no cap), got {cap}.")
   # Configs use '' for "not set" (ml_collections cannot override None).
   paths = dict(data_dir=getattr(cfg, "data_dir", None) or None,
-               source_dir=getattr(cfg, "source_dir", None) or None)
+               source_dir=getattr(cfg, "source_dir", None) or None,
+               image_size=image_size)
   train_split = sources.load(name, "train", **paths)
-  test_split = sources.load(name, "test", **paths)
-  height, width = train_split.image_shape[:2]
-  if height != width and any(t >= 2 for t in transforms):
-    raise ValueError(f"dist_aug {dist_aug!r} rotates, but {name} images are "
-                     f"{height}x{width}, not square.")
-  inlier = _inlier_class(cfg.inlier_class, train_split, name)
+  try:
+    test_split = sources.load(name, "test", **paths)
+  except splits.MissingSplit:
+    test_split = None  # Normal images only: train, fit and threshold.
+  inlier = _inlier_class(cfg.inlier_class, train_split, name, cfg)
   inliers = np.flatnonzero(train_split.labels == inlier)
   outlier_pool = np.flatnonzero(train_split.labels != inlier)
   if not len(inliers):
+    # E.g. the default inlier_class 0 where test/crack/ sorts before the
+    # only train folder, train/good/.
+    present = [train_split.class_names[c] for c in np.unique(
+        train_split.labels)]
     raise ValueError(f"inlier class {inlier} "
                      f"({train_split.class_names[inlier]}) has no train "
-                     f"images in {name}.")
+                     f"images in {name}; the train split holds {present}: "
+                     f"pass inlier_class=<one of those>."
+                     + _folder_hint(cfg, train_split.class_names[inlier]))
   rng = np.random.RandomState(seed)
 
   val = None
@@ -218,12 +256,20 @@ def make(cfg) -> OneClassData:
                          true_labels=true[train_rows])
   fit = OneClassSource(train_split.source, inliers[fit_rows],
                        zeros[fit_rows], true_labels=true[fit_rows])
-  test = OneClassSource(test_split.source, np.arange(len(test_split.labels)),
-                        (test_split.labels != inlier).astype(np.int64))
+  if test_split is None:
+    test = OneClassSource(train_split.source, np.zeros(0, np.int64),
+                          np.zeros(0, np.int64))
+    test_inliers, test_fingerprint = 0, "no test split"
+  else:
+    test = OneClassSource(test_split.source,
+                          np.arange(len(test_split.labels)),
+                          (test_split.labels != inlier).astype(np.int64))
+    test_inliers = int(np.sum(test_split.labels == inlier))
+    test_fingerprint = test_split.fingerprint
   meta = {
       # What the cached embeddings and fitted detectors were computed from.
       "fingerprint": splits.array_digest(np.frombuffer(
-          "|".join([train_split.fingerprint, test_split.fingerprint,
+          "|".join([train_split.fingerprint, test_fingerprint,
                     splits.array_digest(inliers[fit_rows]),
                     splits.array_digest(test.labels)]).encode(), np.uint8)),
       "dataset": name,
@@ -235,13 +281,14 @@ def make(cfg) -> OneClassData:
       "contamination": contamination,
       "dist_aug": dist_aug,
       "image_shape": tuple(train_split.image_shape),
+      "test_split": test_split is not None,
       "counts": {
           "train": len(train),
           "train_images": len(train_rows),
           "train_outliers": n_out,
           "fit": len(fit),
           "test": len(test),
-          "test_inliers": int(np.sum(test_split.labels == inlier)),
+          "test_inliers": test_inliers,
           "val": 0 if val is None else len(val),
       },
   }

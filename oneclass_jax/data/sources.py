@@ -103,8 +103,8 @@ def _holdout_rows(labels: np.ndarray, per_class: int, split: str) -> np.ndarray:
   return np.sort(np.concatenate(rows))
 
 
-def load(name: str, split: str, *, data_dir=None,
-         source_dir=None) -> splits.Split:
+def load(name: str, split: str, *, data_dir=None, source_dir=None,
+         image_size=None) -> splits.Split:
   """Loads one split of a registered dataset (see the module docstring).
 
   Args:
@@ -114,12 +114,16 @@ def load(name: str, split: str, *, data_dir=None,
     data_dir: where prepared tfds data lives and local sources are converted
       to; default `$TFDS_DATA_DIR`, else ~/tensorflow_datasets.
     source_dir: a local source (IDX files or an image folder) to use.
+    image_size: side of the final images of a dataset without a fixed size
+      (image_folder, where it is required: `datasets.final_image_fn`).
 
   Returns:
     The `Split`.
 
   Raises:
-    ValueError: unknown dataset or split, unreadable image, wrong image shape.
+    ValueError: unknown dataset or split (`splits.MissingSplit` for a local
+      source without it), unreadable image, wrong image shape, image_folder
+      without image_size.
     FileNotFoundError: no data, or a missing or empty source folder.
   """
   spec = datasets.get_spec(name)
@@ -128,7 +132,7 @@ def load(name: str, split: str, *, data_dir=None,
   raw_split = "train" if holdout else split
   root = local.find_root(spec, source_dir)
   if root is not None:
-    result = local.load_split(spec, raw_split, root, data_dir)
+    result = local.load_split(spec, raw_split, root, data_dir, image_size)
   elif spec.tfds_name is None:
     raise FileNotFoundError(
         f"{name} reads only local folders: pass source_dir= with "

@@ -17,6 +17,11 @@ from absl import logging
 import numpy as np
 
 
+class MissingSplit(ValueError):
+  """A source has no split of the asked name (an image folder without
+  test/, say); `one_class.make` runs without a test split then."""
+
+
 def _label_of(record: Any, label_key: Sequence[str]) -> int:
   value = record
   for key in label_key:

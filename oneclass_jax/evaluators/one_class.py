@@ -8,6 +8,12 @@ to the workdir. `train_and_evaluate` calls `evaluate_state` at the end of
 training; `python -m oneclass_jax.tools.evaluate` re-evaluates a workdir.
 `restore_with_detector` reads a saved detector back for scoring new images
 (`scoring.py`, the exported scorer `export.py`).
+
+A test set without anomalies (or without inliers, or no test split at all:
+an engineer with normal images only) has no AUC. The detectors and their
+held-out threshold scores are fitted and saved all the same, results.json
+says `"auc": null` with the reason in `auc_skipped`, and scores.npz holds
+the test scores when there is a test split (none without one).
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ from oneclass_jax import metrics
 from oneclass_jax import progress
 from oneclass_jax import provenance
 from oneclass_jax import workdir as workdir_lib
+from oneclass_jax.data import one_class as one_class_data
 from oneclass_jax.detectors import rotation_score
 
 # Folds of the cross-fitted held-out inlier scores behind the thresholds.
@@ -182,33 +189,38 @@ def evaluate_state(config, workdir, model, state, data, mesh, *,
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   ident = provenance.identity(config, state, data.meta)
   step = ident["step"]
+  skipped = one_class_data.auc_skipped_reason(data.meta)
+  has_test = len(data.test) > 0  # False without a test split.
   extract_fn = functools.partial(embeddings.extract, model, variables, mesh=mesh,
                                  batch_size=config.eval.batch_size)
   fit_emb, test_emb = embeddings.cached_embeddings(
-      workdir, ident, lambda: (extract_fn(data.fit),
-                               extract_fn(data.test, rotations=rotations)),
-      need_rotations=rotations)
+      workdir, ident, lambda: (
+          extract_fn(data.fit),
+          extract_fn(data.test, rotations=rotations) if has_test else {}),
+      need_rotations=rotations and has_test)
   key = embeddings.EMBEDDING_KEYS[embedding]
-  for split, emb in (("fit", fit_emb), ("test", test_emb)):
-    detectors.check_features(emb[key], f"{split} embeddings ({embedding})")
-  test_labels = embeddings.labels_of(data.test)
+  detectors.check_features(fit_emb[key], f"fit embeddings ({embedding})")
+  if has_test:
+    detectors.check_features(test_emb[key], f"test embeddings ({embedding})")
+  test_labels = embeddings.labels_of(data.test).astype(np.int64)
   fitted_dets = fit_detectors(fitted, fit_emb[key])
-  scores = score_all(fitted_dets, test_emb[key])
-  if rotations:
+  scores = score_all(fitted_dets, test_emb[key]) if has_test else {}
+  if rotations and has_test:
     for name, s in rotation_score.rotation_scores(
         test_emb["rot_logits"]).items():
       scores[name] = np.asarray(s, np.float64)
 
   results = {
       "dataset": config.data.name,
-      "inlier_class": config.data.inlier_class,
+      # The resolved id (the config may name the class) and its name.
+      "inlier_class": int(data.meta["inlier_class"]),
       "inlier_name": str(data.meta.get("inlier_name", "")),
       "num_classes": int(data.meta.get("num_classes", 0)),
       "method": config.get("method_label") or config.method,
       "seed": int(config.seed),
       "step": step,
       "embedding": embedding,
-      "auc": _aucs(test_labels, scores),
+      "auc": None if skipped else _aucs(test_labels, scores),
       "counts": {"fit": int(len(data.fit)), "test": int(len(data.test)),
                  "test_outliers": int(test_labels.sum())},
       # Detectors that fitted a subset of the fit set (OC-SVM above
@@ -219,20 +231,30 @@ def evaluate_state(config, workdir, model, state, data, mesh, *,
       "config": config_lib.to_dict(config),
       "identity": ident,
   }
-  if config.eval.baselines:
+  if skipped:
+    results["auc_skipped"] = skipped
+  if config.eval.baselines and not skipped:  # Baselines are AUCs too.
     with progress.phase("Baselines (raw pixels, untrained network)"):
       results["baselines"] = _baselines(config, model, data, mesh, fitted,
                                         test_labels)
   if jax.process_index() == 0:
     # The scores, then the detectors, then results.json (last: a run that
     # has it has the rest too).
-    files.write_atomic(files.path(workdir) / workdir_lib.SCORES,
-                       files.npz_bytes(labels=test_labels, **scores))
+    scores_path = files.path(workdir) / workdir_lib.SCORES
+    if has_test:
+      files.write_atomic(scores_path,
+                         files.npz_bytes(labels=test_labels, **scores))
+    elif scores_path.exists():
+      scores_path.unlink()  # Another evaluation's, of another test set.
     with progress.phase("Held-out inlier scores for the thresholds"):
       heldout = heldout_scores(fitted, fit_emb[key], config.seed)
     save_detectors(workdir, fitted_dets, heldout, embedding, ident)
     workdir_lib.write_results(workdir, results)
-  _log_table(results)
+  if skipped:
+    logging.warning("%s: AUC skipped; detectors and threshold saved.",
+                    skipped)
+  else:
+    _log_table(results)
   return results
 
 
@@ -259,7 +281,7 @@ def _pixels(source) -> np.ndarray:
 
 
 def _output_keys(model, data):
-  image = jnp.zeros((1, *np.shape(data.test[0]["image"])), jnp.float32)
+  image = jnp.zeros((1, *data.meta["image_shape"]), jnp.float32)
   shapes = jax.eval_shape(
       lambda: model.init_with_output(jax.random.key(0), image,
                                      train=False)[0])
