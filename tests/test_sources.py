@@ -431,3 +431,87 @@ def test_missing_catalog_data_says_how_to_get_it(tmp_path, monkeypatch):
                  "tfds build fashion_mnist", "oneclass_jax[tf]",
                  "source_dir", "data_dir", "<split>/<label>"):
     assert needed in message
+
+
+# ---------------------------------------------------------------------------
+# Prepared copies for workers without the original source (issue #17).
+
+
+def _pixels_and_labels(split):
+  return (np.stack([split.source[i]["image"] for i in range(len(split.source))]),
+          split.labels)
+
+
+def test_prepared_copy_reads_without_the_original(tmp_path):
+  original = small_folder(tmp_path / "src")
+  from_original = {}
+  for s in ("train", "test"):
+    split = sources.load("image_folder", s, image_size=8,
+                         data_dir=tmp_path / "tfds", source_dir=original)
+    from_original[s] = (split, _pixels_and_labels(split))
+  meta = sources.prepare("image_folder", tmp_path / "copy", image_size=8,
+                         source_dir=original)
+  assert meta["splits"] == ["test", "train"] and meta["class_names"] == ["a", "b"]
+  # The worker has only the copy: the original and the converting machine's
+  # data_dir are gone, and its own data_dir is empty.
+  moved = tmp_path / "worker" / "prepared"
+  moved.parent.mkdir()
+  (tmp_path / "copy").rename(moved)
+  for path in (original, tmp_path / "tfds"):
+    for p in sorted(path.rglob("*"), reverse=True):
+      p.unlink() if p.is_file() else p.rmdir()
+    path.rmdir()
+  for s, (reference, (ref_images, ref_labels)) in from_original.items():
+    copy = sources.load("image_folder", s, image_size=8,
+                        data_dir=tmp_path / "worker" / "tfds",
+                        source_dir=moved)
+    images, labels = _pixels_and_labels(copy)
+    np.testing.assert_array_equal(images, ref_images)
+    np.testing.assert_array_equal(labels, ref_labels)
+    # Same identity: caches made on the original stay valid on the copy.
+    assert copy.fingerprint == reference.fingerprint
+    assert copy.class_names == reference.class_names
+  assert not (tmp_path / "worker" / "tfds").exists()  # Nothing converted.
+
+
+def test_prepared_idx_copy(tmp_path):
+  (tmp_path / "src").mkdir()
+  small_idx(tmp_path / "src")
+  reference = sources.load("mnist", "test", data_dir=tmp_path / "d",
+                           source_dir=tmp_path / "src")
+  sources.prepare("mnist", tmp_path / "copy", source_dir=tmp_path / "src")
+  copy = sources.load("mnist", "test", source_dir=tmp_path / "copy")
+  np.testing.assert_array_equal(_pixels_and_labels(copy)[0],
+                                _pixels_and_labels(reference)[0])
+  assert copy.fingerprint == reference.fingerprint
+
+
+def test_prepared_copy_refuses_mismatches(tmp_path):
+  original = small_folder(tmp_path / "src")
+  copy = tmp_path / "copy"
+  sources.prepare("image_folder", copy, image_size=8, source_dir=original)
+  with pytest.raises(ValueError, match=r"holds 8x8 images, but the config "
+                     r"asks for 16x16"):
+    sources.load("image_folder", "train", image_size=16, source_dir=copy)
+  with pytest.raises(ValueError, match="prepared copy of 'image_folder', not "
+                     "'cifar10'"):
+    sources.load("cifar10", "train", source_dir=copy)
+  with pytest.raises(ValueError, match="already a prepared copy"):
+    sources.prepare("image_folder", tmp_path / "again", image_size=8,
+                    source_dir=copy)
+  other = tmp_path / "busy"
+  other.mkdir()
+  (other / "notes.txt").write_text("mine")
+  with pytest.raises(ValueError, match="exists and is not a prepared copy"):
+    sources.prepare("image_folder", other, image_size=8, source_dir=original)
+  # A partial copy (the marker without the records) is named, not misread.
+  partial = tmp_path / "partial"
+  partial.mkdir()
+  (partial / local.PREPARED).write_bytes((copy / local.PREPARED).read_bytes())
+  with pytest.raises(FileNotFoundError, match="the copy is partial"):
+    sources.load("image_folder", "train", image_size=8, source_dir=partial)
+
+
+def test_catalog_dataset_has_nothing_to_prepare(tmp_path):
+  with pytest.raises(ValueError, match="tfds build cifar10"):
+    sources.prepare("cifar10", tmp_path / "copy")

@@ -17,6 +17,13 @@ mode: image_folder resizes each to `image_size` (`datasets.resize_to_square`,
 the target size is part of the fingerprint, so another size converts again);
 a named dataset's folder goes through that dataset's own preprocessing.
 
+A prepared copy (`prepare_copy`, `python -m oneclass_jax.tools.prepare`) is
+such a conversion on its own in a folder, with `PREPARED.json` naming the
+converted config: copied to every worker (or put on a shared mount), it is
+read as `source_dir` without the original folder, and gives the same split
+fingerprints as the original (the config name holds the source's digest), so
+embedding caches and saved detectors stay valid across the two.
+
 Label folders of a named dataset (e.g. `cifar10` from a JPEG folder) must be
 the dataset's class names (`airplane`, ...) or class ids (`0`, `1`, ...), so
 the labels keep their original ids even when only some classes are present.
@@ -27,6 +34,7 @@ import dataclasses
 import fcntl
 import gzip
 import hashlib
+import json
 import os
 import pathlib
 import shutil
@@ -44,6 +52,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # prepared copies are not reused.
 _CONVERSION_REVISION = 2  # 2: 16-bit images rescaled, not clipped.
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
+# The marker of a prepared copy; this module is the one reader and writer.
+PREPARED = "PREPARED.json"
+_PREPARED_FORMAT = 1
 _DECODE_CHUNK = 1024
 
 
@@ -354,23 +365,119 @@ def find_root(spec: datasets.DatasetSpec,
   return None
 
 
+def _builder(spec, root, data_dir, image_size) -> _LocalBuilder:
+  """The converter of the local source `root` into `data_dir`."""
+  if spec.supports_idx and _idx_files(root):
+    return _idx_builder(spec, root, data_dir)
+  try:
+    return _folder_builder(spec, root, data_dir, image_size)
+  except FileNotFoundError as e:
+    if not spec.supports_idx:
+      raise
+    raise FileNotFoundError(f"{e} {spec.name} also accepts the four IDX "
+                            "files {train,t10k}-{images-idx3,labels-idx1}-"
+                            "ubyte[.gz].") from e
+
+
+def is_prepared_copy(root) -> bool:
+  return (pathlib.Path(root) / PREPARED).is_file()
+
+
+def _prepared_builder(spec, root: pathlib.Path, image_size) -> _LocalBuilder:
+  """The finished conversion a prepared copy names (never converts).
+
+  Raises:
+    ValueError: a copy of another dataset, of another final image size, or
+      of an unknown format.
+    FileNotFoundError: the marker is there but the conversion is not (a
+      partial copy).
+  """
+  try:
+    meta = json.loads((root / PREPARED).read_text())
+  except (OSError, ValueError) as e:
+    raise ValueError(f"cannot read {root / PREPARED}: {e}; prepare the copy "
+                     "again (python -m oneclass_jax.tools.prepare).") from e
+  if meta.get("format") != _PREPARED_FORMAT:
+    raise ValueError(f"{root / PREPARED} has format {meta.get('format')!r}; "
+                     f"this version reads {_PREPARED_FORMAT}: prepare the "
+                     "copy again with this version.")
+  if meta["dataset"] != spec.name:
+    raise ValueError(f"{root} is a prepared copy of {meta['dataset']!r}, not "
+                     f"{spec.name!r}: set data.name={meta['dataset']} or "
+                     "point data.source_dir at a copy of this dataset.")
+  config = LocalConfig(
+      name=meta["config"], dataset=meta["dataset"],
+      source_dir=meta["source_dir"], splits=tuple(meta["splits"]),
+      class_names=tuple(meta["class_names"]),
+      image_shape=tuple(meta["image_shape"]))
+  wanted = spec.final_shape(image_size)
+  if config.image_shape != wanted:
+    raise ValueError(
+        f"{root} holds {config.image_shape[0]}x{config.image_shape[1]} "
+        f"images, but the config asks for {wanted[0]}x{wanted[1]} "
+        "(model.image_size): prepare the copy again with that size, or set "
+        f"model.image_size={config.image_shape[0]}.")
+  builders = {b.name: b for b in (_IdxBuilder, _FolderBuilder)}
+  builder = builders[meta["builder"]](config=config, data_dir=str(root))
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f"{root} has {PREPARED} but not the conversion it names "
+        f"({builder.data_dir}): the copy is partial; copy the whole folder "
+        "again.")
+  return builder
+
+
+def prepare_copy(spec, root: pathlib.Path, out, image_size=None) -> dict:
+  """Converts the local source `root` into the folder `out` on its own.
+
+  Every split is converted (and its label cache written) into `out`, then
+  `out/PREPARED.json` is written last (atomically): a copy without it is not
+  one. Preparing again after the source changed converts the new version
+  beside the old one and points the marker at it.
+
+  Returns:
+    The marker's contents.
+
+  Raises:
+    ValueError: `root` is itself a prepared copy, or `out` holds other files.
+  """
+  out = pathlib.Path(out).expanduser().resolve()
+  if is_prepared_copy(root):
+    raise ValueError(f"{root} is already a prepared copy: copy that folder "
+                     "to the workers as it is.")
+  if out.exists() and any(out.iterdir()) and not is_prepared_copy(out):
+    raise ValueError(f"{out} exists and is not a prepared copy: pass a new "
+                     "or empty folder.")
+  builder = _builder(spec, root, out, image_size)
+  _prepare(builder)
+  config = builder.builder_config
+  for split in config.splits:  # The copy carries its label caches.
+    splits.cached_labels(pathlib.Path(builder.data_dir) /
+                         f"labels-{split}.npy",
+                         builder.as_data_source(split=split), ("label",))
+  meta = {"format": _PREPARED_FORMAT, "dataset": config.dataset,
+          "builder": builder.name, "config": config.name,
+          "source_dir": config.source_dir, "splits": list(config.splits),
+          "class_names": list(config.class_names),
+          "image_shape": list(config.image_shape)}
+  tmp = out / f".{PREPARED}.tmp"
+  tmp.write_text(json.dumps(meta, indent=1) + "\n")
+  os.replace(tmp, out / PREPARED)
+  return meta
+
+
 def load_split(spec, split, root, data_dir, image_size=None) -> splits.Split:
   """One split of the local source `root`, converted into `data_dir` once.
+
+  A prepared copy (`prepare_copy`) is read where it is, never converted.
 
   Raises:
     splits.MissingSplit: `root` has no such split (before any conversion).
   """
-  if spec.supports_idx and _idx_files(root):
-    builder = _idx_builder(spec, root, data_dir)
+  if is_prepared_copy(root):
+    builder = _prepared_builder(spec, root, image_size)
   else:
-    try:
-      builder = _folder_builder(spec, root, data_dir, image_size)
-    except FileNotFoundError as e:
-      if not spec.supports_idx:
-        raise
-      raise FileNotFoundError(f"{e} {spec.name} also accepts the four IDX "
-                              "files {train,t10k}-{images-idx3,labels-idx1}-"
-                              "ubyte[.gz].") from e
+    builder = _builder(spec, root, data_dir, image_size)
   if split not in builder.builder_config.splits:
     raise splits.MissingSplit(
         f"split {split!r} not found in {root} (it has "

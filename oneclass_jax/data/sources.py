@@ -143,3 +143,24 @@ def load(name: str, split: str, *, data_dir=None, source_dir=None,
     result = result.subset(
         _holdout_rows(result.labels, spec.holdout_per_class, split))
   return result
+
+
+def prepare(name: str, out, *, source_dir=None, image_size=None) -> dict:
+  """Converts a local source once into `out`, for workers without it.
+
+  The prepared copy is read as `source_dir=out` (`local.prepare_copy`).
+
+  Raises:
+    ValueError: `name` has no local source (a tfds catalog dataset: prepare
+      that with `tfds build` and point workers at its `data_dir`).
+  """
+  spec = datasets.get_spec(name)
+  root = local.find_root(spec, source_dir)
+  if root is None:
+    raise ValueError(
+        f"{name} has no local source to prepare (no source_dir given"
+        f"{'' if spec.tfds_name is None else ', and it is a tfds catalog dataset'})."
+        f" Pass source_dir=, or build the catalog dataset once with `tfds "
+        f"build {spec.tfds_name} --file_format=array_record --data_dir=DIR` "
+        "and give every worker data_dir=DIR.")
+  return local.prepare_copy(spec, root, out, image_size)
