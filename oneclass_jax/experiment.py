@@ -30,6 +30,9 @@ from oneclass_jax import methods
 from oneclass_jax import models
 from oneclass_jax import optim
 from oneclass_jax import parallel
+from oneclass_jax import provenance
+from oneclass_jax.data import datasets
+from oneclass_jax.data import mvtec as mvtec_reader
 from oneclass_jax.data import one_class
 from oneclass_jax.mvtec import data as mvtec_data
 
@@ -42,6 +45,9 @@ class Task:
   check_eval: Callable[[ml_collections.ConfigDict], None]
   # Before training, with the data: can the evaluation score this test set?
   check_test_set: Callable[[ml_collections.ConfigDict, Any], None]
+  # (dataset name, model input shape) -> how a decoded uint8 HxWx3 image
+  # file becomes the model's input (`score` reading new images).
+  preprocess: Callable[[str, tuple], Callable[[Any], Any]]
 
 
 def _check_detector_settings(config) -> None:
@@ -68,19 +74,37 @@ def _check_auc_possible(config, data) -> None:
         "folder with images of that class and of others.")
 
 
+def _resize_to(dataset, image_shape):
+  del dataset  # Every MVTec image is resized to the square the model saw.
+  return functools.partial(mvtec_reader.resize_image, size=image_shape[0])
+
+
 TASKS: dict[str, Task] = {
     "one_class": Task(make_data=lambda config: one_class.make(config.data),
                       check_eval=_check_detector_settings,
-                      check_test_set=_check_auc_possible),
+                      check_test_set=_check_auc_possible,
+                      preprocess=lambda dataset, image_shape: (
+                          datasets.get_spec(dataset).preprocess)),
     "mvtec_patches": Task(make_data=mvtec_data.make,  # One category's patches.
                           check_eval=_nothing_to_check,
-                          check_test_set=_nothing_to_check),
+                          check_test_set=_nothing_to_check,
+                          preprocess=_resize_to),
 }
 
 
+def dataset_task(dataset: str) -> str:
+  """The task of a dataset: MVTec-style patches for 'mvtec'."""
+  return "mvtec_patches" if dataset == "mvtec" else "one_class"
+
+
 def task_name(config) -> str:
-  """The task a config runs: MVTec-style patches for data.name 'mvtec'."""
-  return "mvtec_patches" if config.data.name == "mvtec" else "one_class"
+  """The task a config runs (`dataset_task` of data.name)."""
+  return dataset_task(config.data.name)
+
+
+def image_preprocess(dataset: str, image_shape):
+  """How `score` turns a decoded image file of `dataset` into model input."""
+  return TASKS[dataset_task(dataset)].preprocess(dataset, tuple(image_shape))
 
 
 def task(config) -> Task:
@@ -190,4 +214,23 @@ def restore_run(workdir: str, mesh):
   abstract = checkpoint.abstract(jax.eval_shape(run.init_fn,
                                                 jax.random.key(0)))
   state, _ = checkpoint.restore_state_only(workdir, abstract)
+  return config, run, state
+
+
+def restore_matching(workdir: str, mesh, saved_identity, what: str):
+  """`restore_run`, refusing `what` when it was not made from that restore.
+
+  `saved_identity` is the `provenance.identity` recorded with what the
+  evaluation fitted (its detectors, its memory bank); `what` names it in
+  the message, which names the fix (the workdir trained on after its
+  evaluation, say).
+  """
+  config, run, state = restore_run(workdir, mesh)
+  stale = provenance.differences(
+      saved_identity, provenance.identity(config, state, run.data.meta))
+  if stale:
+    raise ValueError(
+        f"{what}: not fitted on this workdir's latest checkpoint, config "
+        f"and data ({', '.join(stale)} differ): run `python -m "
+        f"oneclass_jax.tools.evaluate --workdir={workdir}` first.")
   return config, run, state
