@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
-import pathlib
 import warnings
 from typing import Callable, Optional
 
@@ -366,8 +365,8 @@ def _saved_identity(workdir, task: str, detector: str) -> tuple[dict, str]:
 
 def export_in_workdir(workdir, *, detector: str = "kde", fpr: float = 0.05,
                       calibration=None,
-                      platforms=PLATFORMS) -> pathlib.Path:
-  """`workdir/exported/<name>`: the artefact for these settings.
+                      platforms=PLATFORMS):
+  """`workdir/exported/<name>` (`files.path`): the artefact for these settings.
 
   Exported on first use, reused after while it matches: the name carries
   the detector, the fpr, the checkpoint step and the calibration folder's

@@ -152,3 +152,18 @@ def test_refusals(run, tmp_path):
                      "evaluate"):
     mvtec_patches.load_memory_bank(copy)
   assert not (tmp_path / "a").exists()
+
+
+def test_score_workdir_path_exports_into_the_workdir_once(run):
+  workdir, _, _, calibration, _, meta = run
+  out = pathlib.Path(export.export_in_workdir(
+      str(workdir), fpr=FPR, calibration=calibration, platforms=("cpu",)))
+  digest = meta["calibration"]["identity"]
+  assert out == workdir / "exported" / f"kde_fpr{FPR:g}_step3_cal{digest}"
+  written = (out / scorer.META).stat().st_mtime_ns
+  assert json.loads((out / scorer.META).read_text())["threshold"] == (
+      meta["threshold"])
+  assert pathlib.Path(export.export_in_workdir(
+      str(workdir), fpr=FPR, calibration=calibration,
+      platforms=("cpu",))) == out
+  assert (out / scorer.META).stat().st_mtime_ns == written
