@@ -31,6 +31,9 @@ from oneclass_jax import methods
 from oneclass_jax import models
 from oneclass_jax import optim
 from oneclass_jax import parallel
+from oneclass_jax import provenance
+from oneclass_jax.data import datasets
+from oneclass_jax.data import mvtec as mvtec_reader
 from oneclass_jax.data import one_class
 from oneclass_jax.mvtec import data as mvtec_data
 
@@ -44,6 +47,9 @@ class Task:
   # Before training, with the data: what will the evaluation make of this
   # test set? (Fails, or warns, before any compute is spent.)
   check_test_set: Callable[[ml_collections.ConfigDict, Any], None]
+  # (dataset name, model input shape) -> how a decoded uint8 HxWx3 image
+  # file becomes the model's input (`score` reading new images).
+  preprocess: Callable[[str, tuple], Callable[[Any], Any]]
 
 
 def _check_detector_settings(config) -> None:
@@ -70,20 +76,39 @@ def _warn_without_auc(config, data) -> None:
         config.data.name, config.data.inlier_class)
 
 
+def _resize_to(dataset, image_shape):
+  del dataset  # Every MVTec image is resized to the square the model saw.
+  return functools.partial(mvtec_reader.resize_image, size=image_shape[0])
+
+
 TASKS: dict[str, Task] = {
     "one_class": Task(make_data=lambda config: one_class.make(
         config.data, image_size=config.model.image_size),
                       check_eval=_check_detector_settings,
-                      check_test_set=_warn_without_auc),
+                      check_test_set=_warn_without_auc,
+                      preprocess=lambda dataset, image_shape: (
+                          datasets.get_spec(dataset).final_image_fn(
+                              image_shape[0]))),
     "mvtec_patches": Task(make_data=mvtec_data.make,  # One category's patches.
                           check_eval=_nothing_to_check,
-                          check_test_set=_nothing_to_check),
+                          check_test_set=_nothing_to_check,
+                          preprocess=_resize_to),
 }
 
 
+def dataset_task(dataset: str) -> str:
+  """The task of a dataset: MVTec-style patches for 'mvtec'."""
+  return "mvtec_patches" if dataset == "mvtec" else "one_class"
+
+
 def task_name(config) -> str:
-  """The task a config runs: MVTec-style patches for data.name 'mvtec'."""
-  return "mvtec_patches" if config.data.name == "mvtec" else "one_class"
+  """The task a config runs (`dataset_task` of data.name)."""
+  return dataset_task(config.data.name)
+
+
+def image_preprocess(dataset: str, image_shape):
+  """How `score` turns a decoded image file of `dataset` into model input."""
+  return TASKS[dataset_task(dataset)].preprocess(dataset, tuple(image_shape))
 
 
 def task(config) -> Task:
@@ -193,4 +218,23 @@ def restore_run(workdir: str, mesh):
   abstract = checkpoint.abstract(jax.eval_shape(run.init_fn,
                                                 jax.random.key(0)))
   state, _ = checkpoint.restore_state_only(workdir, abstract)
+  return config, run, state
+
+
+def restore_matching(workdir: str, mesh, saved_identity, what: str):
+  """`restore_run`, refusing `what` when it was not made from that restore.
+
+  `saved_identity` is the `provenance.identity` recorded with what the
+  evaluation fitted (its detectors, its memory bank); `what` names it in
+  the message, which names the fix (the workdir trained on after its
+  evaluation, say).
+  """
+  config, run, state = restore_run(workdir, mesh)
+  stale = provenance.differences(
+      saved_identity, provenance.identity(config, state, run.data.meta))
+  if stale:
+    raise ValueError(
+        f"{what}: not fitted on this workdir's latest checkpoint, config "
+        f"and data ({', '.join(stale)} differ): run `python -m "
+        f"oneclass_jax.tools.evaluate --workdir={workdir}` first.")
   return config, run, state

@@ -4,17 +4,22 @@ An artefact folder, written by `python -m oneclass_jax.tools.export`
 (`oneclass_jax/export.py`), holds
 
   score_fn.jax  a serialised `jax.export` function: uint8 images
-                [batch, H, W, C] -> (anomaly scores [batch] float32,
-                verdicts [batch] bool), with the network's weights, the
-                preprocessing, the fitted detector and the threshold inside
-  meta.json     what it is: image shape, embedding, detector, threshold,
-                target and held-out false-positive rates, the run's identity,
-                versions, the artefact format (written last)
+                [batch, H, W, C] -> the outputs `meta['outputs']` names:
+                anomaly scores [batch] float32 and verdicts [batch] bool,
+                and for an MVTec-style model also the patch-score grids
+                [batch, gh, gw] and the anomaly maps [batch, H, W] (float32);
+                the network's weights, the preprocessing, the fitted detector
+                (or patch memory bank) and the threshold are inside
+  meta.json     what it is: task, outputs, image shape, embedding, detector,
+                threshold, target false-positive rate and how the threshold
+                was calibrated, the run's identity, versions, the artefact
+                format (written last)
 
 Usage::
 
   scorer = Scorer.load("model/")
   scores, verdicts = scorer.score(images)  # uint8 [n, H, W, C] or [H, W, C]
+  outputs = scorer.outputs(images)  # {'scores', 'verdicts'[, 'grids', 'maps']}
 
 This module imports only the standard library, numpy and jax (checked by
 tests/test_export.py), so a serving process needs neither flax nor the
@@ -29,7 +34,9 @@ import jax
 import numpy as np
 
 # Version of the artefact folder; `Scorer.load` refuses another one.
-FORMAT = 1
+# 2: the outputs are named in meta.json (MVTec-style grids and maps), and
+# meta.json says how the threshold was calibrated.
+FORMAT = 2
 FUNCTION = "score_fn.jax"
 META = "meta.json"
 # Rows per call of the exported function. Its batch dimension is symbolic,
@@ -44,7 +51,7 @@ def _bucket(rows: int, max_batch: int) -> int:
   return min(max_batch, 1 << (rows - 1).bit_length())
 
 
-def _platform_names() -> set[str]:
+def platform_names() -> set[str]:
   """This process's device platform as `jax.export` names platforms."""
   platform = jax.devices()[0].platform
   return {"cuda", "rocm"} if platform == "gpu" else {platform}
@@ -59,9 +66,11 @@ class Scorer:
     self.meta = meta
     self.threshold = float(meta["threshold"])
     self.image_shape = tuple(meta["image_shape"])
+    self.output_names = tuple(meta["outputs"])
     self._max_batch = max_batch
     # One compilation per bucket size, cached by jit.
     self._call = jax.jit(exported.call)
+    self._out_avals = exported.out_avals
 
   @classmethod
   def load(cls, path, *, max_batch: int = MAX_BATCH) -> "Scorer":
@@ -86,7 +95,7 @@ class Scorer:
           f"this version loads format {FORMAT}: export it again with "
           "`python -m oneclass_jax.tools.export`.")
     exported = jax.export.deserialize(bytearray((root / FUNCTION).read_bytes()))
-    here = _platform_names()
+    here = platform_names()
     if not here & set(exported.platforms):
       raise ValueError(
           f"{root} was exported for {', '.join(exported.platforms)}; this "
@@ -111,8 +120,8 @@ class Scorer:
           f"the model was trained), got shape {images.shape}.")
     return images
 
-  def score(self, images) -> tuple[np.ndarray, np.ndarray]:
-    """(scores [n] float32, verdicts [n] bool) of uint8 images.
+  def outputs(self, images) -> dict[str, np.ndarray]:
+    """{name: array} of every output (`meta['outputs']`) of uint8 images.
 
     Args:
       images: [n, H, W, C] or one [H, W, C] image, uint8, preprocessed like
@@ -122,14 +131,14 @@ class Scorer:
         alpha dropped, the whole image resized to H x H, PIL bicubic).
 
     Returns:
-      The detector's anomaly scores (higher = more anomalous) and the
-      verdicts score > threshold (True = anomalous; a NaN score, from a
-      network that diverged on an input, is anomalous too).
+      'scores' [n] float32 (higher = more anomalous), 'verdicts' [n] bool
+      (score > threshold; a NaN score, from a network that diverged on an
+      input, is anomalous too) and, for an MVTec-style model, 'grids'
+      [n, gh, gw] (patch scores) and 'maps' [n, H, W] (upsampled grids).
     """
     images = self._check(images)
     n = len(images)
-    scores = np.empty(n, np.float32)
-    verdicts = np.empty(n, bool)
+    parts = {name: [] for name in self.output_names}
     for start in range(0, n, self._max_batch):
       chunk = images[start:start + self._max_batch]
       rows = len(chunk)
@@ -137,7 +146,14 @@ class Scorer:
       if pad:
         chunk = np.concatenate([chunk, np.zeros((pad, *self.image_shape),
                                                 np.uint8)])
-      chunk_scores, chunk_verdicts = self._call(chunk)
-      scores[start:start + rows] = np.asarray(chunk_scores)[:rows]
-      verdicts[start:start + rows] = np.asarray(chunk_verdicts)[:rows]
-    return scores, verdicts
+      for name, value in zip(self.output_names, self._call(chunk)):
+        parts[name].append(np.asarray(value)[:rows])
+    if not n:  # No call: empty outputs of the exported shapes and dtypes.
+      return {name: np.zeros((0, *aval.shape[1:]), aval.dtype)
+              for name, aval in zip(self.output_names, self._out_avals)}
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+  def score(self, images) -> tuple[np.ndarray, np.ndarray]:
+    """(scores [n] float32, verdicts [n] bool) of uint8 images (`outputs`)."""
+    out = self.outputs(images)
+    return out["scores"], out["verdicts"]

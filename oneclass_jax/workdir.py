@@ -11,6 +11,8 @@ A workdir (local or gs://) holds:
   detectors/         fitted detectors and threshold scores (one_class task)
   scores.npz         test labels and the score of every detector
   score_grids.npz, heatmaps/   patch scores and maps (mvtec_patches task)
+  memory_bank.npz    the patch memory bank the export needs (mvtec_patches)
+  exported/          scorers `score --workdir` exported (`export.py`)
   results.json       AUCs (or `"auc": null` and `auc_skipped`, the reason,
                      for a test set of normal images only, or none) and the
                      run's identity, written LAST: a workdir
@@ -47,6 +49,8 @@ ANALYSIS = "analysis.json"
 SUMMARY = "summary.json"
 SCORE_GRIDS = "score_grids.npz"
 HEATMAPS = "heatmaps"
+MEMORY_BANK = "memory_bank.npz"
+EXPORTED = "exported"
 
 
 def check_name(workdir) -> str:
@@ -111,8 +115,16 @@ def prepare(workdir: str, config) -> None:
 
 
 def has_checkpoints(root) -> bool:
+  return latest_checkpoint_step(root) is not None
+
+
+def latest_checkpoint_step(root) -> int | None:
+  """The highest step under checkpoints/ (None: none), without restoring."""
   ckpt = epath.Path(root) / CHECKPOINTS
-  return ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
+  if not ckpt.is_dir():
+    return None
+  return max((int(p.name) for p in ckpt.iterdir() if p.name.isdigit()),
+             default=None)
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:

@@ -15,6 +15,9 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import train_throughput  # noqa: E402  pylint: disable=wrong-import-position
+from oneclass_jax.trainer import single  # noqa: E402
+from test_train import folder  # noqa: E402,F401  (fixture)
+from test_train import folder_config  # noqa: E402
 
 pytestmark = pytest.mark.slow  # Subprocesses / whole runs (README runs all).
 
@@ -206,3 +209,21 @@ def test_eval_benchmark_smoke(tmp_path):
   # extraction with its four rotated views and each detector's fit.
   assert any("4 rotations each" in name for name in record["phases"])
   assert any(name.startswith("Fitting kde") for name in record["phases"])
+
+
+def test_scorer_benchmark_smoke(folder, tmp_path):  # noqa: F811
+  workdir = tmp_path / "wd"
+  single.train_and_evaluate(folder_config("rotation", folder, tmp_path),
+                            str(workdir))
+  before = sorted(p.name for p in workdir.iterdir())
+  out = _run([sys.executable, "benchmarks/scorer_benchmark.py",
+              f"--workdir={workdir}", "--fpr=0.25", "--batch=8",
+              "--repeats=2"], tmp_path)
+  record = json.loads(out)
+  assert (record["task"], record["batch"]) == ("one_class", 8)
+  assert record["image_shape"] == [32, 32, 3]
+  assert record["scorer"]["warm_images_per_second"] > 0
+  assert set(record["cli_seconds"]) == {"workdir_first", "workdir_cached",
+                                        "model"}
+  # The CLI runs used a copy: the workdir gained no exported/ folder.
+  assert sorted(p.name for p in workdir.iterdir()) == before

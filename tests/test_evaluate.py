@@ -11,8 +11,10 @@ from PIL import Image
 from oneclass_jax import embeddings
 from oneclass_jax import evaluators
 from oneclass_jax import experiment
+from oneclass_jax import export
 from oneclass_jax import models
 from oneclass_jax import parallel
+from oneclass_jax import scorer
 from oneclass_jax import scoring
 from oneclass_jax.trainer import single
 from test_train import folder  # noqa: F401  (fixture)
@@ -36,7 +38,7 @@ def test_extract_sharded_equals_single_device_for_odd_sizes():
                          train=False)
   rng = np.random.default_rng(0)
   images = list(rng.integers(0, 256, (1001, 32, 32, 3), dtype=np.uint8))
-  source = scoring.ImageList(images)
+  source = [{"image": image, "label": 0} for image in images]
   out8 = embeddings.extract(model, variables, source, parallel.make_mesh(8),
                           batch_size=96, rotations=True)
   out1 = embeddings.extract(model, variables, source, parallel.make_mesh(1),
@@ -86,14 +88,19 @@ def test_score_cli_matches_evaluation(trained, folder, tmp_path):  # noqa: F811
   for i, path in enumerate(test_files):
     (images / f"{i:03d}.png").write_bytes(path.read_bytes())
   (images / "broken.png").write_bytes(b"not an image")
-  rows, threshold, problems = scoring.score_folder(str(trained), images,
-                                                 detector="kde", fpr=0.1)
+  # `score --workdir`'s path: an artefact exported into the workdir.
+  model = scorer.Scorer.load(export.export_in_workdir(
+      str(trained), detector="kde", fpr=0.1, platforms=("cpu",)))
+  scored = scoring.score_folder(model, images)
+  rows, threshold, problems = scored.rows(), scored.threshold, scored.problems
   assert len(rows) == len(test_files)
   assert len(problems) == 1 and "broken.png" in problems[0]
   for (name, value, verdict), path in zip(rows, test_files):
     pixels = np.asarray(Image.open(path).convert("RGB")).tobytes()
-    np.testing.assert_allclose(value, by_pixels[pixels], rtol=1e-6)
-    assert verdict == ("anomalous" if value > threshold else "normal")
+    # The float32 export against the float64 evaluation (test_export.py).
+    np.testing.assert_allclose(value, by_pixels[pixels], rtol=1e-5)
+    assert verdict == ("anomalous" if value > np.float32(threshold)
+                       else "normal")
   out = tmp_path / "scores.csv"
   scoring.write_csv(out, rows, threshold)
   assert out.read_text().splitlines()[0] == "image,score,verdict,threshold"

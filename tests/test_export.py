@@ -2,7 +2,7 @@
 
 One tiny run, evaluated with kde, ocsvm, gde and knn, is exported once per
 detector; the exported function must give the test images the scores the
-evaluation wrote to scores.npz.
+evaluation wrote to scores.npz. MVTec-style exports: tests/test_mvtec_export.py.
 """
 import json
 import pathlib
@@ -19,6 +19,7 @@ from oneclass_jax import experiment
 from oneclass_jax import export
 from oneclass_jax import files
 from oneclass_jax import scorer
+from oneclass_jax import scoring
 from oneclass_jax.trainer import single
 from test_train import folder  # noqa: F401  (fixture)
 from test_train import folder_config
@@ -95,8 +96,12 @@ def test_metadata(name, trained, artefacts):
   assert (meta["detector"], meta["embedding"]) == (name, "f")
   assert meta["threshold"] == detectors.threshold_at_fpr(saved.heldout, FPR)
   assert meta["target_fpr"] == FPR
-  assert meta["heldout_fpr"] == np.mean(saved.heldout > meta["threshold"])
-  assert meta["heldout_count"] == len(saved.heldout) == 48
+  assert meta["task"] == "one_class"
+  assert meta["outputs"] == ["scores", "verdicts"]
+  assert meta["calibration"] == {
+      "source": export.HELDOUT, "count": 48, "warning": None,
+      "realised_fpr": np.mean(saved.heldout > meta["threshold"])}
+  assert len(saved.heldout) == 48
   assert meta["run"]["identity"] == saved.meta["identity"]
   assert meta["run"]["dataset"] == "image_folder"
   assert meta["platforms"] == (["cpu"] if name == "kde" else
@@ -129,6 +134,73 @@ def test_wrong_images_are_refused(trained, artefacts):
     model.score(images[:2, ..., 0])
   with pytest.raises(ValueError, match=f"{expected}.*shape \\(2, 16, 16, 3"):
     model.score(images[:2, :16, :16])
+
+
+def test_calibration_on_a_folder_of_normal_images(trained, folder, tmp_path):  # noqa: F811
+  workdir, _ = trained
+  normal = folder / "test" / "a"  # The 16 test inliers (class 0).
+  meta = export.export_workdir(str(workdir), tmp_path / "m", fpr=FPR,
+                               calibration=normal, platforms=("cpu",))
+  model = scorer.Scorer.load(tmp_path / "m")
+  images = np.stack(scoring.read_images(normal, "image_folder",
+                                        (32, 32, 3))[0])
+  scores, verdicts = model.score(images)
+  # Those images' scores through the artefact set the threshold: their
+  # quantile, their realised rate, the evaluation's scores of them.
+  assert meta["threshold"] == pytest.approx(np.quantile(scores, 1 - FPR),
+                                            rel=1e-6)
+  calibration = meta["calibration"]
+  assert (calibration["source"], calibration["folder"], calibration["count"]
+          ) == (export.FOLDER, str(normal), 16)
+  assert calibration["identity"] == scoring.folder_digest(normal)
+  assert calibration["realised_fpr"] == np.mean(verdicts) == 4 / 16
+  # 16 < 10 / 0.25 scores: the warning is in meta.json.
+  assert calibration["warning"].startswith(
+      "Only 16 calibration scores back the threshold for fpr=0.25")
+  with pytest.raises(FileNotFoundError, match="No images"):
+    export.export_workdir(str(workdir), tmp_path / "n", calibration=tmp_path)
+
+
+def test_few_heldout_scores_warn_in_the_metadata(trained, tmp_path):
+  workdir, _ = trained
+  meta = export.export_workdir(str(workdir), tmp_path / "m", fpr=0.05,
+                               platforms=("cpu",))
+  assert meta["calibration"]["count"] == 48
+  assert meta["calibration"]["warning"].startswith(
+      "Only 48 held-out training-inlier scores back the threshold for "
+      "fpr=0.05 (fewer than 10/fpr = 200)")
+
+
+def test_score_through_the_workdir_exports_once(trained, folder, tmp_path):  # noqa: F811
+  # `score --workdir` scores through an artefact exported into the workdir,
+  # reused while it matches: the second call exports nothing.
+  workdir, _ = trained
+  images = folder / "test"
+  command = [sys.executable, "-m", "oneclass_jax.tools.score",
+             f"--workdir={workdir}", f"--images={images}", "--fpr=0.25",
+             f"--out={tmp_path / 'scores.csv'}"]
+  exported = workdir / "exported" / "kde_fpr0.25_step6"
+  written = []
+  for _ in range(2):
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"Scored 32 images with {exported}" in proc.stdout
+    written.append((exported / scorer.META).stat().st_mtime_ns)
+  assert written[0] == written[1]
+  rows = (tmp_path / "scores.csv").read_text().splitlines()[1:]
+  model = scorer.Scorer.load(exported)
+  expected, _ = model.score(np.stack(scoring.read_images(
+      images, "image_folder", (32, 32, 3))[0]))
+  assert [float(r.split(",")[1]) for r in rows] == pytest.approx(
+      expected.tolist(), rel=1e-6)
+  # And an exported model does not take the export's flags.
+  proc = subprocess.run(
+      [sys.executable, "-m", "oneclass_jax.tools.score",
+       f"--model={exported}", f"--images={images}", "--fpr=0.1"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode != 0
+  assert "--fpr set how a workdir is exported" in proc.stderr
 
 
 def test_refusals(trained, artefacts, tmp_path):

@@ -241,6 +241,6 @@ def test_results_json_is_written_after_every_other_output(tmp_path,
   with pytest.raises(KeyboardInterrupt):
     # pylint: disable-next=protected-access
     mvtec_patches._write_outputs(str(tmp_path), {"auc": {"kde": 0.5}},
-                                 dense, test, heatmaps=2)
+                                 dense, test, heatmaps=2, bank_meta={})
   assert not workdir_lib.finished(tmp_path)
   assert not (tmp_path / workdir_lib.RESULTS).exists()

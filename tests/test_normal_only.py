@@ -20,6 +20,8 @@ from PIL import Image
 
 from oneclass_jax import config_lib
 from oneclass_jax import evaluators
+from oneclass_jax import export
+from oneclass_jax import scorer
 from oneclass_jax import scoring
 from oneclass_jax import workdir as workdir_lib
 from oneclass_jax.analysis import tables
@@ -334,9 +336,12 @@ def test_normal_only_folder_end_to_end(tmp_path, caplog):
   new = tmp_path / "incoming"
   normal_images(new, 6, seed=5)
   _save(new / "odd.png", np.full((20, 50), 128, np.uint8))  # grey, wide.
-  rows, threshold, problems = scoring.score_folder(str(wd), new,
-                                                   detector="kde", fpr=0.1)
-  assert not problems and len(rows) == 7 and np.isfinite(threshold)
+  model = scorer.Scorer.load(export.export_in_workdir(
+      str(wd), detector="kde", fpr=0.1, platforms=("cpu",)))
+  scored = scoring.score_folder(model, new)
+  rows = scored.rows()
+  assert not scored.problems and len(rows) == 7
+  assert np.isfinite(scored.threshold)
   assert all(np.isfinite(score) for _, score, _ in rows)
 
   # The report lists the run, AUC "—", beside a run that has an AUC.

@@ -24,6 +24,7 @@ from oneclass_jax import embeddings
 from oneclass_jax import evaluators
 from oneclass_jax import files
 from oneclass_jax import metric_writers
+from oneclass_jax import export
 from oneclass_jax import provenance
 from oneclass_jax import scoring
 from oneclass_jax.data import datasets
@@ -87,7 +88,8 @@ def test_edited_image_folder_is_reconverted_and_reembedded(folder, tmp_path):  #
 
 
 def test_score_refuses_detectors_of_another_checkpoint(folder, tmp_path):  # noqa: F811
-  # Old code: `score` used detectors/ whatever checkpoint had fitted them.
+  # Old code: `score` used detectors/ whatever checkpoint had fitted them;
+  # `score --workdir` now exports first, which refuses them.
   wd = tmp_path / "wd"
   single.train_and_evaluate(folder_config("contrastive", folder, tmp_path),
                            str(wd))
@@ -95,7 +97,7 @@ def test_score_refuses_detectors_of_another_checkpoint(folder, tmp_path):  # noq
   meta["identity"]["weights"] = "0" * 16
   (wd / "detectors" / "meta.json").write_text(json.dumps(meta))
   with pytest.raises(ValueError, match="weights differ"):
-    scoring.score_folder(str(wd), folder / "test" / "a", detector="kde")
+    export.export_in_workdir(str(wd), detector="kde", platforms=("cpu",))
 
 
 def test_cache_without_identity_is_recomputed(tmp_path):

@@ -2,12 +2,15 @@
 fresh inliers is the requested one (issue #16)."""
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from oneclass_jax import detectors
 from oneclass_jax import evaluators
+from oneclass_jax import export
 
 
 def _inliers(rng, n, d=16):
@@ -29,6 +32,30 @@ def test_realised_fpr_on_fresh_inliers_is_the_target(name):
     assert abs(realised - fpr) <= 0.01, (name, fpr, realised)
 
 
+def test_calibration_folder_sets_the_realised_rate_on_fresh_images(tmp_path):
+  # `export --calibration`: the (1 - fpr) quantile of a folder's scores
+  # through the exported function. Here the "model" scores an image by its
+  # mean pixel, and normal images have uniform random pixels: a known law,
+  # so fresh normal images must be flagged at the target rate (±1 point).
+  rng = np.random.default_rng(0)
+  shape = (4, 4, 3)
+  for i, image in enumerate(rng.integers(0, 256, (2000, *shape), np.uint8)):
+    Image.fromarray(image).save(tmp_path / f"{i:04d}.png")
+  core = lambda images: (jnp.mean(images.astype(jnp.float32), (1, 2, 3)),)
+  model = export.Exportable(core, ("scores", "verdicts"), shape, None,
+                            {"run": {"dataset": "image_folder"}})
+  scores, fields, extra = export.calibrate(model, tmp_path)
+  assert scores.shape == (2000,) and extra == {}
+  assert fields["source"] == export.FOLDER
+  fresh = rng.integers(0, 256, (50000, *shape), np.uint8)
+  fresh_scores = np.asarray(jax.jit(core)(fresh)[0])
+  for fpr in (0.01, 0.05, 0.1):
+    threshold = detectors.threshold_at_fpr(scores, fpr,
+                                           what="calibration scores")
+    realised = float(np.mean(fresh_scores > np.float32(threshold)))
+    assert abs(realised - fpr) <= 0.01, (fpr, realised)
+
+
 def test_heldout_scores_are_out_of_sample_for_every_inlier():
   rng = np.random.default_rng(1)
   train = _inliers(rng, 50)
@@ -42,7 +69,8 @@ def test_heldout_scores_are_out_of_sample_for_every_inlier():
 
 def test_threshold_warns_when_few_scores_back_it():
   scores = np.arange(500, dtype=float)
-  with pytest.warns(UserWarning, match="Only 500 held-out normal scores"):
+  with pytest.warns(UserWarning, match="Only 500 held-out normal scores "
+                    "back the threshold for fpr=0.01"):
     assert detectors.threshold_at_fpr(scores, 0.01) == pytest.approx(
         np.quantile(scores, 0.99))
   with pytest.raises(ValueError, match="fpr must be in"):

@@ -68,6 +68,16 @@ def _open(path: pathlib.Path, mode: str) -> Image.Image:
   return image_io.open_image(path, mode)
 
 
+def resize_image(pixels: np.ndarray, size: int) -> np.ndarray:
+  """uint8 HxWx3 pixels resized to size x size (bilinear).
+
+  How every MVTec image is read, and so how `score` reads a new image for an
+  exported MVTec-style model.
+  """
+  return np.asarray(Image.fromarray(pixels).resize(
+      (size, size), Image.Resampling.BILINEAR))
+
+
 class MVTecCategory:
   """One MVTec-AD-style category folder.
 
@@ -121,15 +131,20 @@ class MVTecCategory:
       return image
     return image.resize((self.image_size, self.image_size), resample)
 
+  def _pixels(self, image: Image.Image) -> np.ndarray:
+    array = np.asarray(image)
+    if self.image_size is None:
+      return array
+    return resize_image(array, self.image_size)
+
   def _load_image(self, path: pathlib.Path) -> np.ndarray:
-    return np.asarray(self._resize(_open(path, "RGB"),
-                                   Image.Resampling.BILINEAR))
+    return self._pixels(_open(path, "RGB"))
 
   def _load_pair(self, item) -> tuple[np.ndarray, np.ndarray]:
     """Image and mask (all False without a mask file), checked and resized."""
     path, mask_path = item
     image = _open(path, "RGB")
-    array = np.asarray(self._resize(image, Image.Resampling.BILINEAR))
+    array = self._pixels(image)
     if mask_path is None:
       return array, np.zeros(array.shape[:2], bool)
     mask = _open(mask_path, "L")

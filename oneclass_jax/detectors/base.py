@@ -115,26 +115,27 @@ def score_in_blocks(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
   return out
 
 
-def threshold_at_fpr(heldout_scores, fpr: float) -> float:
+def threshold_at_fpr(normal_scores, fpr: float, *,
+                     what: str = "held-out normal scores") -> float:
   """The score above which a fraction `fpr` of normal data is flagged.
 
-  The (1 − fpr) quantile of out-of-sample inlier scores (evaluate's
-  cross-fitted held-out scores). Fewer than 10 / fpr of them put less than
-  about 10 scores above the threshold, so its realised rate is noisy: that
-  warns.
+  The (1 − fpr) quantile of out-of-sample normal scores: evaluate's
+  cross-fitted held-out inlier scores, or the scores of fresh normal images
+  (`export --calibration`); `what` names them in the messages. Fewer than
+  10 / fpr of them put less than about 10 scores above the threshold, so its
+  realised rate is noisy: that warns (the exporter records the warning).
   """
   if not 0.0 < fpr < 1.0:
     raise ValueError(f"fpr must be in (0, 1), got {fpr}.")
-  heldout_scores = np.asarray(heldout_scores, np.float64)
-  if heldout_scores.ndim != 1 or not len(heldout_scores):
-    raise ValueError("No held-out inlier scores to set a threshold from.")
-  if len(heldout_scores) < 10 / fpr:
+  normal_scores = np.asarray(normal_scores, np.float64)
+  if normal_scores.ndim != 1 or not len(normal_scores):
+    raise ValueError(f"No {what} to set a threshold from.")
+  if len(normal_scores) < 10 / fpr:
     warnings.warn(
-        f"Only {len(heldout_scores)} held-out normal scores back the "
-        f"threshold for fpr={fpr} (fewer than 10/fpr = {10 / fpr:.0f}): the "
-        "realised false-positive rate will be noisy; use more normal "
-        "training images or a larger fpr.")
-  return float(np.quantile(heldout_scores, 1.0 - fpr))
+        f"Only {len(normal_scores)} {what} back the threshold for fpr={fpr} "
+        f"(fewer than 10/fpr = {10 / fpr:.0f}): the realised false-positive "
+        "rate will be noisy; use more normal images or a larger fpr.")
+  return float(np.quantile(normal_scores, 1.0 - fpr))
 
 
 def anomalous(scores, threshold):

@@ -23,17 +23,20 @@ It writes, to the workdir: `results.json` (the schema of
 auc = {image_kde, pixel_kde, aupro_kde} plus `per_defect`, `timing`,
 `memory_bank` and, with `eval.baselines`, the same metrics for raw-pixel
 patches and an untrained network), `scores.npz` (image labels and scores,
-for the report's ROC figure), `score_grids.npz` (every patch score) and
+for the report's ROC figure), `score_grids.npz` (every patch score),
 `heatmaps/*.png` (input, ground truth, map) for `mvtec.heatmaps` test
-images.
+images and `memory_bank.npz` (the bank, its KDE bandwidth and the identity
+of the checkpoint it was embedded with), which `export` bakes into a scorer
+of new images (`restore_with_memory_bank`).
 """
 from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,9 +50,11 @@ from jax.experimental import multihost_utils
 from oneclass_jax import config_lib
 from oneclass_jax import detectors
 from oneclass_jax import embeddings
+from oneclass_jax import experiment
 from oneclass_jax import files
 from oneclass_jax import metrics
 from oneclass_jax import parallel
+from oneclass_jax import provenance
 from oneclass_jax import workdir as workdir_lib
 from oneclass_jax.detectors import kde
 from oneclass_jax.mvtec import localize
@@ -57,6 +62,46 @@ from oneclass_jax.mvtec import memory_bank
 from oneclass_jax.mvtec import patches
 
 Featurizer = Callable[[np.ndarray], np.ndarray]
+# Version of memory_bank.npz: `load_memory_bank` refuses another one.
+MEMORY_BANK_FORMAT = 1
+
+
+class SavedBank(NamedTuple):
+  """memory_bank.npz, as `evaluate_state` wrote it."""
+  features: np.ndarray  # [k, d] float32, L2-normalised.
+  gamma: float  # The KDE bandwidth the evaluation scored with.
+  meta: dict  # format, embedding, identity of the checkpoint.
+
+
+def load_memory_bank(workdir) -> SavedBank:
+  """The memory bank of an evaluated MVTec-style workdir; refuses none."""
+  path = files.path(workdir) / workdir_lib.MEMORY_BANK
+  if not path.exists():
+    raise FileNotFoundError(
+        f"No memory bank in {workdir} ({workdir_lib.MEMORY_BANK}; "
+        "evaluations before the exported MVTec scorer did not save it): run "
+        f"`python -m oneclass_jax.tools.evaluate --workdir={workdir}`.")
+  arrays = files.load_npz(path)
+  meta = json.loads(str(arrays["meta"]))
+  if meta.get("format") != MEMORY_BANK_FORMAT:
+    raise ValueError(
+        f"{path} is of format {meta.get('format')}; this version reads "
+        f"format {MEMORY_BANK_FORMAT}: run `python -m "
+        f"oneclass_jax.tools.evaluate --workdir={workdir}` again.")
+  return SavedBank(arrays["features"], float(arrays["gamma"]), meta)
+
+
+def restore_with_memory_bank(workdir, mesh):
+  """(config, run, state, bank): the latest checkpoint and its memory bank.
+
+  What exporting a scorer of new images needs; refuses a bank that is
+  missing or was not embedded with this checkpoint (naming the fix).
+  """
+  bank = load_memory_bank(workdir)
+  config, run, state = experiment.restore_matching(
+      workdir, mesh, bank.meta.get("identity"),
+      f"The memory bank in {workdir}/{workdir_lib.MEMORY_BANK}")
+  return config, run, state, bank
 
 
 def network_featurizer(model, variables, mesh, *, batch_size: int,
@@ -224,6 +269,7 @@ class DenseResult:
   metrics: dict             # detection_metrics(...).
   bank: dict                # build_memory_bank info, plus gamma.
   timing: dict
+  memory_bank: np.ndarray   # [k, d] the bank the KDE was fitted on.
 
 
 def dense_evaluate(featurize: Featurizer, data, cfg, seed: int) -> DenseResult:
@@ -244,7 +290,8 @@ def dense_evaluate(featurize: Featurizer, data, cfg, seed: int) -> DenseResult:
                              test.masks, maps, cfg.aupro_max_fpr)
   timing["metrics_seconds"] = time.perf_counter() - start
   timing["memory_bank_seconds"] = bank_info.pop("seconds")
-  return DenseResult(grids, image_scores, maps, result, bank_info, timing)
+  return DenseResult(grids, image_scores, maps, result, bank_info, timing,
+                     bank)
 
 
 def heatmap_indices(defect_types, count: int) -> list[int]:
@@ -357,19 +404,25 @@ def evaluate_state(config, workdir, model, state, data, mesh) -> dict:
   if config.eval.baselines:
     results["baselines"] = _baselines(config, model, data, mesh)
   if jax.process_index() == 0:
-    _write_outputs(workdir, results, dense, test, cfg.heatmaps)
+    _write_outputs(workdir, results, dense, test, cfg.heatmaps, {
+        "embedding": config.eval.embedding,
+        "identity": provenance.identity(config, state, data.meta)})
   _log_table(results)
   return results
 
 
 def _write_outputs(workdir, results, dense: DenseResult, test,
-                   heatmaps: int) -> None:
+                   heatmaps: int, bank_meta: dict) -> None:
   # The heatmaps first and results.json last (`workdir.write_results`), so
   # a workdir with results.json has every output.
   write_heatmaps(os.path.join(workdir, workdir_lib.HEATMAPS), test, dense.maps,
                  dense.image_scores, heatmap_indices(test.defect_types,
                                                      heatmaps))
   workdir_lib.write_results(workdir, results, {
+      workdir_lib.MEMORY_BANK: files.npz_bytes(
+          features=dense.memory_bank, gamma=np.float64(dense.bank["gamma"]),
+          meta=np.asarray(json.dumps({"format": MEMORY_BANK_FORMAT,
+                                      **bank_meta}, sort_keys=True))),
       workdir_lib.SCORES: files.npz_bytes(labels=test.labels,
                                           image_kde=dense.image_scores),
       workdir_lib.SCORE_GRIDS: files.npz_bytes(grids=dense.grids, labels=test.labels,

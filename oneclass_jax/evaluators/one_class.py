@@ -6,8 +6,8 @@ writes `results.json` (AUC per detector; outliers are the positive class),
 `scores.npz` and the fitted detectors with their threshold scores atomically
 to the workdir. `train_and_evaluate` calls `evaluate_state` at the end of
 training; `python -m oneclass_jax.tools.evaluate` re-evaluates a workdir.
-`restore_with_detector` reads a saved detector back for scoring new images
-(`scoring.py`, the exported scorer `export.py`).
+`restore_with_detector` reads a saved detector back for the exported scorer
+(`export.py`).
 
 A test set without anomalies (or without inliers, or no test split at all:
 an engineer with normal images only) has no AUC. The detectors and their
@@ -158,16 +158,9 @@ def restore_with_detector(workdir, name, mesh):
   data (the workdir trained on after its evaluation, say).
   """
   saved = load_detector(workdir, name)
-  config, run, state = experiment.restore_run(workdir, mesh)
-  stale = provenance.differences(
-      saved.meta.get("identity"),
-      provenance.identity(config, state, run.data.meta))
-  if stale:
-    raise ValueError(
-        f"The detectors in {workdir}/detectors were not fitted on this "
-        f"workdir's latest checkpoint, config and data ({', '.join(stale)} "
-        "differ): run `python -m oneclass_jax.tools.evaluate "
-        f"--workdir={workdir}` first.")
+  config, run, state = experiment.restore_matching(
+      workdir, mesh, saved.meta.get("identity"),
+      f"The detectors in {workdir}/detectors")
   return config, run, state, saved
 
 

@@ -81,7 +81,12 @@ def upsample_matrix(size: int, grid: int, patch: int, stride: int,
 
 
 @jax.jit
-def _apply(u_h, grids, u_w):
+def apply_upsample(u_h, grids, u_w):
+  """maps [N, H, W] = U_h grids U_w^T of `upsample_matrix` pairs.
+
+  The exported MVTec scorer (`export.py`) calls it inside its function, so
+  its maps are `upsample`'s.
+  """
   return jnp.einsum("yi,nij,xj->nyx", u_h, grids, u_w, precision=_HIGHEST)
 
 
@@ -109,7 +114,8 @@ def upsample(grids, out_shape: tuple[int, int], patch: int, stride: int, *,
                         normalize)
   out = np.empty((len(grids), height, width), np.float32)
   chunk = max(1, min(chunk, len(grids)))
-  run = functools.partial(_apply, jnp.asarray(u_h), u_w=jnp.asarray(u_w))
+  run = functools.partial(apply_upsample, jnp.asarray(u_h),
+                          u_w=jnp.asarray(u_w))
   for start in range(0, len(grids), chunk):
     block = grids[start:start + chunk]
     rows = len(block)
