@@ -227,3 +227,25 @@ def test_scorer_benchmark_smoke(folder, tmp_path):  # noqa: F811
                                         "model"}
   # The CLI runs used a copy: the workdir gained no exported/ folder.
   assert sorted(p.name for p in workdir.iterdir()) == before
+
+
+def test_own_images_smoke(tmp_path):
+  # The README's normal-only commands (train, export --calibration, score)
+  # on a synthetic category; the record's rates are read back from the CSVs.
+  out = _run([sys.executable, "benchmarks/own_images.py", "--smoke",
+              f"--root={tmp_path / 'own'}", "--detectors=kde,gde"], tmp_path)
+  record = json.loads(out[:out.rindex("}") + 1])
+  assert record["layout"] == {"data/train/good": 12, "calibration": 4,
+                              "incoming/good": 4, "incoming/spot": 4}
+  for det in ("kde", "gde"):
+    res = record["detectors"][det]
+    assert res["calibration_count"] == 4
+    for part in ("learned", "raw_pixels"):
+      assert res[part]["count"] == {"good": 4, "spot": 4}
+      assert 0.0 <= res[part]["auc"] <= 1.0
+  rows = (tmp_path / "own" / "scores_kde.csv").read_text().splitlines()
+  assert rows[0] == "image,score,verdict,threshold" and len(rows) == 9
+  flagged_good = sum(r.startswith("good/") and ",anomalous," in r
+                     for r in rows[1:])
+  assert record["detectors"]["kde"]["learned"]["flagged"]["good"] == (
+      flagged_good / 4)
