@@ -3,7 +3,7 @@
 RotNet (rotation prediction, identity head; the "RotNet" rows of Table 2) on
 Fashion-MNIST, inlier class 0 (T-shirt/top), from the Debian package
 `dataset-fashion-mnist` (no download), with a ResNet-18 at width 1/8 and
-1,200 steps of batch 32 instead of width 1 and 2,048 epochs. At the end the
+700 steps of batch 32 instead of width 1 and 2,048 epochs. At the end the
 stage-2 table compares KDE / OC-SVM / GDE on the learned f (and the rotation
 classifier's own score) with the same detectors on raw pixels and on an
 untrained network of the same shape.
@@ -41,7 +41,7 @@ def get_config(arg=None):
     c.method_label = "rotnet"
     c.model.head_depth, c.model.head_out_dim = 0, 0  # Identity head.
     c.model.width, c.model.stem_width = 0.125, 8
-    c.total_epochs, c.total_steps = -1, 1200
+    c.total_epochs, c.total_steps = -1, 700
     c.checkpoint_every_steps = 400
     c.eval.detectors = ("kde", "ocsvm", "gde", "rotation")
   else:
