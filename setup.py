@@ -25,7 +25,8 @@ setuptools.setup(
         # its builders need importlib_resources, which it does not declare.
         "tensorflow-datasets>=4.9.9",
         "importlib_resources",
-        "scikit-learn>=1.5",
+        # 1.6: estimator_checks_generator and expected failures (tests).
+        "scikit-learn>=1.6",
         "ml_collections>=1.0",
         "absl-py>=2.1",
         "tensorboardX>=2.6",

@@ -136,7 +136,7 @@ def run_libsvm(n, d, m, seed) -> dict:
           "num_support": int(len(ref.support_)),
           "max_rel_diff": float(rel.max()),
           "decisions_equal": bool(np.array_equal(
-              -ours_scores - ours.offset_ >= 0,
+              -ours_scores - ours.libsvm_offset_ >= 0,
               -ref_scores - ref.offset_[0] >= 0))}
 
 

@@ -221,13 +221,15 @@ def restore_run(workdir: str, mesh):
   return config, run, state
 
 
-def restore_matching(workdir: str, mesh, saved_identity, what: str):
+def restore_matching(workdir: str, mesh, saved_identity, what: str, *,
+                     evaluation=None):
   """`restore_run`, refusing `what` when it was not made from that restore.
 
   `saved_identity` is the `provenance.identity` recorded with what the
   evaluation fitted (its detectors, its memory bank); `what` names it in
   the message, which names the fix (the workdir trained on after its
-  evaluation, say).
+  evaluation, say): re-running that evaluation (`evaluation`: a named one,
+  None: the run's own).
   """
   config, run, state = restore_run(workdir, mesh)
   stale = provenance.differences(
@@ -235,6 +237,6 @@ def restore_matching(workdir: str, mesh, saved_identity, what: str):
   if stale:
     raise ValueError(
         f"{what}: not fitted on this workdir's latest checkpoint, config "
-        f"and data ({', '.join(stale)} differ): run `python -m "
-        f"oneclass_jax.tools.evaluate --workdir={workdir}` first.")
+        f"and data ({', '.join(stale)} differ): run "
+        f"`{workdir_lib.evaluate_command(workdir, evaluation)}` first.")
   return config, run, state

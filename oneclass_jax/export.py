@@ -11,7 +11,9 @@ program, taking uint8 images [batch, H, W, C] (symbolic batch):
 * whole-image one-class runs: `embeddings.embed` (the evaluation's
   preprocessing and forward pass, f or g∘f) -> the detector the evaluation
   fitted on all training inliers, as its `jax_score_fn` (its fitted arrays
-  baked in as constants) -> anomaly scores [batch] and verdicts;
+  baked in as constants) -> anomaly scores [batch] and verdicts. The
+  evaluation is the run's own, or with `evaluation=NAME` a named one
+  (`workdir.evaluation_dir`), whose embedding and detectors it then takes;
 * MVTec-style patch runs: every P x P patch of each image on the
   evaluation's stride grid (as `mvtec.patches.extract_patches`) ->
   `embeddings.embed` -> the KDE on the memory bank the evaluation saved
@@ -158,9 +160,9 @@ def _host_variables(state) -> dict:
                          "batch_stats": state["batch_stats"]})
 
 
-def _one_class_model(workdir, detector: str, mesh) -> Exportable:
+def _one_class_model(workdir, detector: str, evaluation, mesh) -> Exportable:
   config, run, state, saved = evaluators.one_class.restore_with_detector(
-      workdir, detector, mesh)
+      workdir, detector, mesh, evaluation)
   core = score_function(run.model, _host_variables(state),
                         saved.meta["embedding"], saved.detector)
   return Exportable(
@@ -171,8 +173,9 @@ def _one_class_model(workdir, detector: str, mesh) -> Exportable:
        "run": _run_meta(workdir, config, run, saved.meta["identity"])})
 
 
-def _patch_model(workdir, detector: str, mesh) -> Exportable:
-  del detector  # Checked by `_check_request`: always the bank's KDE.
+def _patch_model(workdir, detector: str, evaluation, mesh) -> Exportable:
+  # Checked by `_check_request`: always the bank's KDE, the run's own.
+  del detector, evaluation
   config, run, state, bank = (
       evaluators.mvtec_patches.restore_with_memory_bank(workdir, mesh))
   cfg = config.mvtec
@@ -224,11 +227,16 @@ def _check_out(out) -> None:
 
 
 def _check_request(task: str, workdir, detector: str, fpr: float,
-                   calibration) -> None:
+                   calibration, evaluation) -> None:
   """Everything checkable before the run is restored, which takes a while."""
   if not 0.0 < fpr < 1.0:
     raise ValueError(f"--fpr must be in (0, 1), got {fpr}.")
   if task == "mvtec_patches":
+    if evaluation is not None:
+      raise ValueError(
+          f"{workdir} is an MVTec-style run: it has only its own "
+          "evaluation (evaluate takes no --detectors or --embedding there); "
+          "drop --evaluation.")
     if detector != "kde":
       raise ValueError(
           f"{workdir} is an MVTec-style run: it scores patches with the KDE "
@@ -241,6 +249,8 @@ def _check_request(task: str, workdir, detector: str, fpr: float,
           "images the model has not seen (e.g. held-back train/good "
           "images; test/good works too, but then the test set no longer "
           "measures the false-positive rate).")
+  # ValueError naming the evaluations present.
+  workdir_lib.checked_evaluation_dir(workdir, evaluation)
   if calibration is not None:
     scoring.image_files(calibration)  # FileNotFoundError naming the folder.
 
@@ -294,7 +304,8 @@ def calibrate(model: Exportable, folder) -> tuple[np.ndarray, dict, dict]:
 
 
 def export_workdir(workdir, out, *, detector: str = "kde", fpr: float = 0.05,
-                   calibration=None, platforms=PLATFORMS) -> dict:
+                   calibration=None, platforms=PLATFORMS,
+                   evaluation=None) -> dict:
   """Writes the artefact folder `out` for `detector` at rate `fpr`.
 
   Args:
@@ -307,6 +318,8 @@ def export_workdir(workdir, out, *, detector: str = "kde", fpr: float = 0.05,
       training-inlier scores) or a folder of fresh normal images whose
       scores set it (required for MVTec-style runs).
     platforms: `jax.export` platforms to lower for.
+    evaluation: a named evaluation of the workdir whose detector to export
+      (`workdir.evaluation_dir`); None: the run's own.
 
   Returns:
     The artefact's metadata (its meta.json).
@@ -320,8 +333,8 @@ def export_workdir(workdir, out, *, detector: str = "kde", fpr: float = 0.05,
   """
   _check_out(out)
   task = experiment.task_name(workdir_lib.load_config(workdir))
-  _check_request(task, workdir, detector, fpr, calibration)
-  model = _RESTORE[task](workdir, detector, parallel.make_mesh())
+  _check_request(task, workdir, detector, fpr, calibration, evaluation)
+  model = _RESTORE[task](workdir, detector, evaluation, parallel.make_mesh())
   if calibration is None:
     scores, what = model.heldout, "held-out training-inlier scores"
     source, extra = {"source": HELDOUT}, {}
@@ -339,6 +352,7 @@ def export_workdir(workdir, out, *, detector: str = "kde", fpr: float = 0.05,
       "task": task,
       "outputs": list(model.outputs),
       "image_shape": list(model.image_shape),
+      "evaluation": evaluation,
       **{k: v for k, v in model.meta.items() if k != "run"},
       "threshold": threshold,
       "target_fpr": fpr,
@@ -355,36 +369,40 @@ def export_workdir(workdir, out, *, detector: str = "kde", fpr: float = 0.05,
   return meta
 
 
-def _saved_identity(workdir, task: str, detector: str) -> tuple[dict, str]:
+def _saved_identity(workdir, task: str, detector: str,
+                    evaluation) -> tuple[dict, str]:
   """(identity, embedding) of what the evaluation saved for the export."""
   if task == "mvtec_patches":
     meta = evaluators.mvtec_patches.load_memory_bank(workdir).meta
   else:
-    meta = evaluators.one_class.load_detector(workdir, detector).meta
+    meta = evaluators.one_class.load_detector(workdir, detector,
+                                              evaluation).meta
   return meta.get("identity") or {}, meta.get("embedding")
 
 
 def export_in_workdir(workdir, *, detector: str = "kde", fpr: float = 0.05,
                       calibration=None,
-                      platforms=PLATFORMS):
+                      platforms=PLATFORMS, evaluation=None):
   """`workdir/exported/<name>` (`files.path`): the artefact for these settings.
 
-  Exported on first use, reused after while it matches: the name carries
-  the detector, the fpr, the checkpoint step and the calibration folder's
-  digest, and meta.json must hold the identity (weights, config, data,
-  embedding) of the detectors or memory bank the workdir holds now, that
-  calibration digest, and this process's platform. A workdir trained or
-  re-evaluated since gets a new export (which refuses, naming the fix,
-  detectors stale against the latest checkpoint).
+  Exported on first use, reused after while it matches: the name
+  (`workdir.export_cache_dir`) carries the detector, the fpr, the checkpoint
+  step, the evaluation (a named one, or none for the run's own) and the
+  calibration folder's digest, and meta.json must hold the identity
+  (weights, config, data, embedding) of the detectors or memory bank that
+  evaluation holds now, that calibration digest, and this process's
+  platform. A workdir trained or re-evaluated since gets a new export
+  (which refuses, naming the fix, detectors stale against the latest
+  checkpoint).
   """
   task = experiment.task_name(workdir_lib.load_config(workdir))
-  _check_request(task, workdir, detector, fpr, calibration)
-  identity, embedding = _saved_identity(workdir, task, detector)
+  _check_request(task, workdir, detector, fpr, calibration, evaluation)
+  identity, embedding = _saved_identity(workdir, task, detector, evaluation)
   digest = scoring.folder_digest(calibration) if calibration else None
   step = workdir_lib.latest_checkpoint_step(workdir)
-  name = f"{detector}_fpr{fpr:g}_step{step}" + (f"_cal{digest}" if digest
-                                                  else "")
-  out = files.path(workdir) / workdir_lib.EXPORTED / name
+  out = workdir_lib.export_cache_dir(
+      workdir, detector=detector, fpr=fpr, step=step, evaluation=evaluation,
+      calibration_digest=digest)
   if (out / scorer.META).exists():
     meta = json.loads((out / scorer.META).read_text())
     if (meta.get("format") == scorer.FORMAT
@@ -396,5 +414,6 @@ def export_in_workdir(workdir, *, detector: str = "kde", fpr: float = 0.05,
       return out
   logging.info("Exporting %s to %s", workdir, out)
   export_workdir(workdir, out, detector=detector, fpr=fpr,
-                 calibration=calibration, platforms=platforms)
+                 calibration=calibration, platforms=platforms,
+                 evaluation=evaluation)
   return out

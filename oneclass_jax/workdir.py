@@ -12,17 +12,32 @@ A workdir (local or gs://) holds:
   scores.npz         test labels and the score of every detector
   score_grids.npz, heatmaps/   patch scores and maps (mvtec_patches task)
   memory_bank.npz    the patch memory bank the export needs (mvtec_patches)
-  exported/          scorers `score --workdir` exported (`export.py`)
+  exported/          scorers `score --workdir` exported (`export.py`), one
+                     folder per `export_cache_dir`
   results.json       AUCs (or `"auc": null` and `auc_skipped`, the reason,
                      for a test set of normal images only, or none) and the
                      run's identity, written LAST: a workdir
                      with it has its other outputs too ("finished")
+  evaluations/<name>/  named evaluations (one_class task): results.json,
+                     scores.npz and detectors/ of an evaluation with another
+                     embedding or detector set than the config's
   analysis.json      what the study figures need (`analysis/study_runs.py`)
   summary.json       a K-model program's root: every model's AUCs
 
+Evaluations. The run's own evaluation (the config's `eval.embedding` and
+`eval.detectors`: what training writes) is the top level above, so every
+reader of a workdir finds it there. `evaluate` with another embedding or
+detector set writes the same three outputs, in the same order (results.json
+last), to `evaluations/<name>/` instead, <name> being `evaluation_name`:
+the embedding and the sorted detector set, e.g. `g-kde-ocsvm`; the
+embeddings cache is shared (it is keyed by the checkpoint's identity).
+Readers select one with `evaluation=NAME` (None: the run's own), and
+`checked_evaluation_dir` refuses a name with no finished evaluation.
+
 `Results` is the record of results.json, read and validated here only;
 `write_results` writes the outputs and then results.json; `find_runs` is how
-`report`, the ensembles, the study grids and `explain` find runs.
+`report`, the ensembles, the study grids and `explain` find runs (and, with
+`evaluations=True`, their named evaluations).
 """
 from __future__ import annotations
 
@@ -51,6 +66,7 @@ SCORE_GRIDS = "score_grids.npz"
 HEATMAPS = "heatmaps"
 MEMORY_BANK = "memory_bank.npz"
 EXPORTED = "exported"
+EVALUATIONS = "evaluations"
 
 
 def check_name(workdir) -> str:
@@ -136,6 +152,71 @@ def load_config(workdir) -> ml_collections.ConfigDict:
 
 
 # ----------------------------------------------------------------------------
+# Named evaluations and the export cache
+
+
+def evaluation_name(embedding: str, detector_names) -> str:
+  """An evaluation's name: its embedding, then its sorted detector set.
+
+  `evaluation_name('g', ['ocsvm', 'kde']) == 'g-kde-ocsvm'`, whatever the
+  order on the command line, so re-running the same settings replaces the
+  same folder.
+  """
+  return "-".join([embedding, *sorted(set(detector_names))])
+
+
+def evaluation_dir(workdir, name: str | None = None) -> epath.Path:
+  """Where evaluation `name` writes: the workdir itself for None (its own)."""
+  root = files.path(workdir)
+  return root if name is None else root / EVALUATIONS / name
+
+
+def evaluation_names(workdir) -> list[str]:
+  """The workdir's finished named evaluations (those with results.json)."""
+  root = files.path(workdir) / EVALUATIONS
+  if not root.is_dir():
+    return []
+  return sorted(p.name for p in root.iterdir() if finished(p))
+
+
+def checked_evaluation_dir(workdir, name: str | None = None) -> epath.Path:
+  """`evaluation_dir`, refusing a name without a finished evaluation."""
+  if name is None:
+    return evaluation_dir(workdir)
+  present = evaluation_names(workdir)
+  if name not in present:
+    interrupted = ""
+    if evaluation_dir(workdir, name).is_dir():
+      interrupted = (f" ({EVALUATIONS}/{name}/ has no {RESULTS}: that "
+                     "evaluation was interrupted; run "
+                     f"`{evaluate_command(workdir, name)}` again)")
+    raise ValueError(
+        f"No finished evaluation {name!r} in {workdir}{interrupted}. Its "
+        f"named evaluations: {', '.join(present) or 'none'}; leave "
+        "--evaluation out for the run's own (the config's detectors).")
+  return evaluation_dir(workdir, name)
+
+
+def evaluate_command(workdir, evaluation: str | None = None) -> str:
+  """The command line that (re)writes `evaluation` (None: the run's own)."""
+  command = f"python -m oneclass_jax.tools.evaluate --workdir={workdir}"
+  if evaluation is None:
+    return command
+  embedding, *names = evaluation.split("-")
+  return f"{command} --embedding={embedding} --detectors={','.join(names)}"
+
+
+def export_cache_dir(workdir, *, detector: str, fpr: float, step,
+                     evaluation: str | None = None,
+                     calibration_digest: str | None = None) -> epath.Path:
+  """exported/<detector>_fpr<fpr>_step<step>[_eval-<name>][_cal<digest>]."""
+  name = (f"{detector}_fpr{fpr:g}_step{step}" +
+          (f"_eval-{evaluation}" if evaluation else "") +
+          (f"_cal{calibration_digest}" if calibration_digest else ""))
+  return files.path(workdir) / EXPORTED / name
+
+
+# ----------------------------------------------------------------------------
 # results.json
 
 
@@ -170,6 +251,14 @@ class Results:
   embedding: str
   auc: dict[str, float]  # Empty when the run has no AUC (`auc_skipped`).
   record: Mapping[str, Any]  # Everything results.json holds.
+  # A named evaluation's name (`path` is then evaluations/<name>/ of the
+  # workdir); None for the run's own.
+  evaluation: str | None = None
+
+  @property
+  def workdir(self) -> pathlib.Path:
+    """The run's workdir (`path` itself but for a named evaluation)."""
+    return self.path.parent.parent if self.evaluation else self.path
 
   @property
   def auc_skipped(self) -> str | None:
@@ -179,7 +268,7 @@ class Results:
   @property
   def task_key(self):
     return (self.dataset, self.inlier_class, self.method, self.embedding,
-            self.seed)
+            self.seed, self.evaluation)
 
   @property
   def config(self) -> dict:
@@ -226,7 +315,15 @@ class Results:
           not 0.0 <= value <= 1.0):
         raise ValueError(f"{path}: auc[{name!r}] = {value!r} is not a "
                          "number in [0, 1].")
-    return cls(path=path.parent, record=record,
+    evaluation = record.get("evaluation")
+    if evaluation is not None and not (
+        path.parent.name == evaluation and
+        path.parent.parent.name == EVALUATIONS):
+      raise ValueError(
+          f"{path}: the results of named evaluation {evaluation!r}, which "
+          f"belong in <workdir>/{EVALUATIONS}/{evaluation}/; move the folder "
+          "back or remove it.")
+    return cls(path=path.parent, record=record, evaluation=evaluation,
                auc={k: float(v) for k, v in (record["auc"] or {}).items()},
                **{k: record[k] for k in _SCHEMA if k != "auc"})
 
@@ -244,6 +341,19 @@ def write_results(workdir, results: Mapping[str, Any],
   files.write_json(root / RESULTS, dict(results))
 
 
+def clear_results(out) -> None:
+  """Removes the results.json of `out` (made if missing) before new outputs.
+
+  An evaluation calls it before it writes anything, so that until its own
+  results.json (written last) the folder does not look finished: one killed
+  half-way never passes the old AUCs off as those of its new outputs.
+  """
+  out = files.path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  if (out / RESULTS).exists():
+    (out / RESULTS).unlink()
+
+
 def finished(workdir) -> bool:
   """True when `workdir` holds a complete results.json (local or gs://)."""
   path = epath.Path(workdir) / RESULTS
@@ -258,12 +368,15 @@ def unfinished(workdirs: Iterable[str]) -> list[str]:
   return [w for w in workdirs if not finished(w)]
 
 
-def find_runs(roots, *, with_scores: bool = False) -> list[Results]:
+def find_runs(roots, *, with_scores: bool = False,
+              evaluations: bool = False) -> list[Results]:
   """Every run (workdir with results.json) under `roots`, recursively.
 
   Args:
     roots: a directory or a sequence of them.
     with_scores: keep only runs whose workdir also holds scores.npz.
+    evaluations: also every finished named evaluation of those runs
+      (`Results.evaluation` says which); without, the runs' own only.
 
   Returns:
     The validated records, sorted by path.
@@ -280,7 +393,8 @@ def find_runs(roots, *, with_scores: bool = False) -> list[Results]:
     if not root.is_dir():
       raise FileNotFoundError(f"{root} is not a directory.")
     paths.update(root.rglob(RESULTS))
-  runs = [Results.read(p) for p in sorted(paths)]
+  runs = [r for r in map(Results.read, sorted(paths))
+          if evaluations or r.evaluation is None]
   if with_scores:
     runs = [r for r in runs if r.has_scores()]
   if not runs:

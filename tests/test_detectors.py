@@ -231,7 +231,7 @@ def test_ocsvm_same_solution_as_libsvm_computing_its_own_kernel(gamma, nu):
   np.testing.assert_array_equal(det.support_, ref.support_)
   np.testing.assert_allclose(det.dual_coef_, ref.dual_coef_[0], rtol=1e-7,
                              atol=1e-10)
-  np.testing.assert_allclose(det.offset_, ref.offset_[0], rtol=1e-9)
+  np.testing.assert_allclose(det.libsvm_offset_, ref.offset_[0], rtol=1e-9)
   # Scores are libsvm's divided by Σα = ν·n.
   alpha_sum = ref.dual_coef_.sum()
   assert alpha_sum == pytest.approx(nu * len(tr), rel=1e-6)
@@ -239,7 +239,7 @@ def test_ocsvm_same_solution_as_libsvm_computing_its_own_kernel(gamma, nu):
   np.testing.assert_allclose(scores * alpha_sum, -ref.score_samples(te),
                              rtol=1e-9)
   # The decisions (inlier iff decision_function >= 0) agree.
-  np.testing.assert_array_equal(-scores * alpha_sum - det.offset_ >= 0,
+  np.testing.assert_array_equal(-scores * alpha_sum - det.libsvm_offset_ >= 0,
                                 ref.decision_function(te) >= 0)
 
 

@@ -363,15 +363,17 @@ def test_normal_only_folder_end_to_end(tmp_path, caplog):
   assert (tmp_path / "out" / "no_auc.csv").read_text().count("\n") == 2
   assert not [p for p in written if p.suffix == ".png"]
 
-  # A test/ of normal images only, then one of anomalies only: re-evaluated,
-  # each without an AUC and with the test scores kept.
+  # A test/ of normal images only, then one of anomalies only: re-evaluated
+  # (a named evaluation, kde alone), each without an AUC and with the test
+  # scores kept.
   normal_images(root / "test" / "good", 5, seed=9)
   caplog.clear()
   with caplog.at_level(logging.WARNING):
     results = evaluators.evaluate_workdir(str(wd), ["kde"], "f")
   assert results["auc_skipped"].startswith("No anomalies in the test set")
   assert len(auc_lines(caplog)) == 1
-  with np.load(wd / "scores.npz") as scores:
+  named = wd / "evaluations" / "f-kde"
+  with np.load(named / "scores.npz") as scores:
     assert scores["labels"].tolist() == [0] * 5 and scores["kde"].shape == (5,)
   (root / "test" / "good").rename(root / "test" / "crack")
   results = evaluators.evaluate_workdir(str(wd), ["kde"], "f")
@@ -385,7 +387,7 @@ def test_normal_only_folder_end_to_end(tmp_path, caplog):
   (root / "test").rmdir()
   results = evaluators.evaluate_workdir(str(wd), ["kde"], "f")
   assert results["auc_skipped"].startswith("No test split")
-  assert not (wd / "scores.npz").exists()
+  assert not (named / "scores.npz").exists()
 
 
 def test_results_without_auc_need_a_reason(tmp_path):

@@ -38,6 +38,7 @@ from oneclass_jax.trainer import single
 from test_train import final_params
 from test_train import folder  # noqa: F401  (fixture)
 from test_train import folder_config
+from test_train import load_config
 from test_train import read_metrics
 
 # ---------------------------------------------------------------------------
@@ -482,10 +483,16 @@ def test_killed_conversion_leftover_is_removed(tmp_path):
 
 def test_mvtec_evaluate_refuses_flags_it_ignores(tmp_path):
   # Old code: --detectors and --embedding were silently ignored.
-  (tmp_path / "config.json").write_text(json.dumps({"data": {"name":
-                                                             "mvtec"}}))
-  with pytest.raises(ValueError, match="do not apply to MVTec"):
-    evaluators.evaluate_workdir(str(tmp_path), ["kde"], None)
+  config = load_config("mvtec_rotation", f"root={tmp_path},runlocal")
+  (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+  for flags in ((["kde"], None), (None, "g")):
+    with pytest.raises(ValueError, match="do not apply to MVTec.*every test "
+                       "patch with the KDE on a memory bank"):
+      evaluators.evaluate_workdir(str(tmp_path), *flags)
+  # Nor does an MVTec-style run have named evaluations to export.
+  with pytest.raises(ValueError, match="only its own evaluation.*drop "
+                     "--evaluation"):
+    export.export_in_workdir(str(tmp_path), evaluation="g-kde")
 
 
 def test_no_checkpoint_is_reported_before_orbax_starts(tmp_path, monkeypatch):

@@ -3,12 +3,14 @@ import csv
 import json
 import math
 import pathlib
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from oneclass_jax import workdir as workdir_lib
 from oneclass_jax.analysis import tables
 
 # toyA: 2 classes × 3 seeds × 2 detectors. AUCs ×100 per seed 0, 1, 2.
@@ -167,3 +169,153 @@ def test_paper_column_beside_ours(tmp_path):
   assert ("| cifar10 | contrastive_da | f | kde | 85.0 (2/10 classes) | 92.4 "
           "| -7.4 |") in md
   assert "| weird |" not in md.split("## Beside the paper")[1].split("##")[0]
+
+
+def _add_paper_and_no_auc_runs(root):
+  """A run beside the paper (cifar10) and one without an AUC, in `root`."""
+  _write_run(root / "c", "cifar10", 0, 0, {"kde": 0.8}, num_classes=10,
+             method="contrastive_da")
+  d = _write_run(root / "d", "toyA", 1, 7, None, num_classes=2)
+  record = json.loads((d / "results.json").read_text())
+  (d / "results.json").write_text(json.dumps(
+      {**record, "auc_skipped": "No test split"}))
+
+
+# What the report wrote for `root` and `_add_paper_and_no_auc_runs` before
+# named evaluations existed (<ROOT>: the root folder).
+_BEFORE_NAMED_EVALUATIONS = {
+    "no_auc.csv": """\
+dataset,inlier_class,inlier_name,method,embedding,seed,step,reason,path
+toyA,1,,clr_da,f,7,100,No test split,<ROOT>/d/toyA_1_s7_step100
+""",
+    "overall.csv": """\
+method,embedding,detector,datasets,num_classes,auc_pct_mean
+clr_da,f,kde,toyA toyB,5,77.0
+clr_da,f,ocsvm,toyA,2,83.0
+contrastive_da,f,kde,cifar10,10,80.0
+""",
+    "per_class.csv": """\
+dataset,method,embedding,detector,inlier_class,num_seeds,auc_pct_mean,auc_pct_std
+cifar10,contrastive_da,f,kde,0,1,80.0,
+toyA,clr_da,f,kde,0,3,92.0,2.0
+toyA,clr_da,f,kde,1,3,83.0,3.0
+toyA,clr_da,f,ocsvm,0,3,92.0,1.7320508075688772
+toyA,clr_da,f,ocsvm,1,3,74.0,3.605551275463989
+toyB,clr_da,f,kde,0,1,60.0,
+toyB,clr_da,f,kde,1,1,70.0,
+toyB,clr_da,f,kde,2,1,80.0,
+""",
+    "per_dataset.csv": """\
+dataset,method,embedding,detector,num_classes,classes_present,num_seeds_complete,auc_pct_mean,auc_pct_std,paper_auc_pct
+cifar10,contrastive_da,f,kde,10,1,1,80.0,,92.4
+toyA,clr_da,f,kde,2,2,3,87.5,2.5,
+toyA,clr_da,f,ocsvm,2,2,3,83.0,2.5,
+toyB,clr_da,f,kde,3,3,1,70.0,,
+""",
+    "report.md": """\
+# One-class classification AUROC
+
+AUC ×100. Per class: mean ± sample std (ddof=1) over seeds. Per dataset: mean over classes of the per-class means ± sample std over seeds of each seed's class-mean (seeds with every class only). Mean: average over datasets weighted by their number of classes. No std means a single seed.
+
+## Summary (Table 2 layout)
+
+| method | embedding | detector | cifar10 | toyA | toyB | Mean |
+|---|---|---|---|---|---|---|
+| clr_da | f | kde |  | 87.5 ± 2.5 | 70.0 | 77.0 |
+| clr_da | f | ocsvm |  | 83.0 ± 2.5 |  | 83.0 |
+| contrastive_da | f | kde | 80.0 (1/10 classes) |  |  | 80.0 |
+
+## Beside the paper (Table 2: ResNet-18 width 1, 2,048 epochs, 5 seeds)
+
+| dataset | method | embedding | detector | ours | paper | ours − paper |
+|---|---|---|---|---|---|---|
+| cifar10 | contrastive_da | f | kde | 80.0 (1/10 classes) | 92.4 | -12.4 |
+
+## cifar10: per-class AUROC (Tables 8-11 layout)
+
+| class | contrastive_da/f/kde |
+|---|---|
+| 0 | 80.0 |
+| mean | 80.0 |
+
+## toyA: per-class AUROC (Tables 8-11 layout)
+
+| class | clr_da/f/kde | clr_da/f/ocsvm |
+|---|---|---|
+| 0 | 92.0 ± 2.0 | 92.0 ± 1.7 |
+| 1 | 83.0 ± 3.0 | 74.0 ± 3.6 |
+| mean | 87.5 ± 2.5 | 83.0 ± 2.5 |
+
+## toyB: per-class AUROC (Tables 8-11 layout)
+
+| class | clr_da/f/kde |
+|---|---|
+| 0 | 60.0 |
+| 1 | 70.0 |
+| 2 | 80.0 |
+| mean | 70.0 |
+
+## Runs without an AUC (detectors and threshold saved)
+
+| dataset | class | method | embedding | seed | step | AUC | reason | workdir |
+|---|---|---|---|---|---|---|---|---|
+| toyA | 1 () | clr_da | f | 7 | 100 | — | No test split | <ROOT>/d/toyA_1_s7_step100 |
+""",
+}
+
+
+def test_output_without_named_evaluations_is_unchanged(root, tmp_path):
+  _add_paper_and_no_auc_runs(root)
+  out = tmp_path / "out"
+  tables.write_report(tables.aggregate(tables.load_runs([root])), out)
+  for name, expected in _BEFORE_NAMED_EVALUATIONS.items():
+    assert (out / name).read_text().replace(str(root), "<ROOT>") == expected
+
+
+def _write_named(workdir, name, embedding, aucs):
+  """A named evaluation of `workdir`, as `evaluate` writes it."""
+  record = json.loads((workdir / "results.json").read_text())
+  d = workdir / workdir_lib.EVALUATIONS / name
+  d.mkdir(parents=True)
+  (d / "results.json").write_text(json.dumps(
+      {**record, "embedding": embedding, "auc": aucs, "evaluation": name}))
+  return d
+
+
+def test_named_evaluations_are_rows_of_their_own(root, tmp_path):
+  without = tables.aggregate(tables.load_runs([root / "a"]))
+  wd = root / "a" / "toyA_0_s0_step100"
+  named = _write_named(wd, "g-kde", "g", {"kde": 0.5})
+  # The other readers (ensembles, study grids) see the runs' own only.
+  assert not [r for r in workdir_lib.find_runs(root / "a") if r.evaluation]
+  runs = tables.load_runs([root / "a"])
+  (run,) = [r for r in runs if r.evaluation]
+  assert (run.evaluation, run.path, run.workdir) == ("g-kde", named, wd)
+  rep = tables.aggregate(runs)
+  (row,) = [r for r in rep.per_class if r["evaluation"]]
+  assert (row["evaluation"], row["embedding"], row["detector"],
+          row["inlier_class"], row["auc_pct_mean"]) == ("g-kde", "g", "kde",
+                                                        0, 50.0)
+  # The runs' own rows are those of a report without it.
+  assert [r for r in rep.per_class if not r["evaluation"]] == without.per_class
+  assert [r for r in rep.per_dataset if not r["evaluation"]
+          ] == without.per_dataset
+  md = tables.to_markdown(rep)
+  assert "| clr_da [g-kde] | g | kde | 50.0 (1/2 classes) | 50.0 |" in md
+  assert "| class | clr_da/f/kde | clr_da/f/ocsvm | clr_da [g-kde]/g/kde |" in md
+  tables.write_report(rep, tmp_path / "out", runs)
+  with open(tmp_path / "out" / "per_class.csv") as f:
+    reader = csv.DictReader(f)
+    rows = list(reader)
+  assert reader.fieldnames[:3] == ["dataset", "method", "evaluation"]
+  assert [r["evaluation"] for r in rows] == [""] * 4 + ["g-kde"]
+
+
+def test_named_results_out_of_place_are_refused(root, tmp_path):
+  named = _write_named(root / "a" / "toyA_0_s0_step100", "g-kde", "g",
+                       {"kde": 0.5})
+  (tmp_path / "x").mkdir()
+  shutil.copy(named / "results.json", tmp_path / "x" / "results.json")
+  with pytest.raises(ValueError, match="named evaluation 'g-kde', which "
+                     "belong in <workdir>/evaluations/g-kde/"):
+    tables.load_runs([tmp_path / "x"])

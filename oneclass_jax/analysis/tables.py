@@ -3,8 +3,9 @@
 Command line: `python -m oneclass_jax.tools.report` (see there).
 
 Walks every WORKDIR recursively for `results.json` files (written by
-`oneclass_jax.tools.evaluate`), groups them by (dataset, method, embedding,
-detector) and reports AUC ×100 with one decimal:
+`oneclass_jax.tools.evaluate`), the runs' own and their named evaluations
+(`workdir.find_runs(evaluations=True)`), groups them by (dataset, method,
+evaluation, embedding, detector) and reports AUC ×100 with one decimal:
 
 * per class: mean ± std over seeds (Tables 8-11);
 * per dataset: the mean over classes of the per-class means ± the std over
@@ -19,10 +20,14 @@ Runs without an AUC (a test set of normal images only, or none: their
 results.json says why in `auc_skipped`) enter no statistic; they are listed
 in their own table, AUC shown as "—", with the reason.
 Runs are grouped by their `method` string, so different configurations of one
-method must carry different method names or be reported separately. If two
-results.json describe the same (dataset, class, method, embedding, seed), the
-one with the larger `step` (the later checkpoint; the authors report the last
-epoch) is kept; equal steps are an error.
+method must carry different method names or be reported separately. A named
+evaluation (another detector set or embedding of a run) is a row of its own,
+labelled `<method> [<evaluation>]`, e.g. `rotnet [g-kde]`, and the CSVs get
+an `evaluation` column (empty for the runs' own); a report without named
+evaluations has the columns it always had. If two results.json describe the
+same (dataset, class, method, embedding, seed, evaluation), the one with the
+larger `step` (the later checkpoint; the authors report the last epoch) is
+kept; equal steps are an error.
 
 With --out, writes report.md, per_class.csv, per_dataset.csv, overall.csv,
 no_auc.csv and,
@@ -55,7 +60,7 @@ from oneclass_jax.workdir import Results
 def load_runs(dirs: Sequence) -> list[Results]:
   """Valid runs under `dirs`, one per task (the latest step wins)."""
   latest: dict[tuple, Results] = {}
-  for run in workdir_lib.find_runs(dirs):
+  for run in workdir_lib.find_runs(dirs, evaluations=True):
     prev = latest.get(run.task_key)
     if prev is not None and prev.step == run.step:
       raise ValueError(f"{prev.path} and {run.path} both hold step "
@@ -93,17 +98,18 @@ class Report:
 
 def aggregate(runs: Sequence[Results]) -> Report:
   """Per-class, per-dataset and class-weighted overall AUC statistics."""
-  # (dataset, method, embedding, detector) -> class -> seed -> AUC×100
+  # (dataset, method, evaluation, embedding, detector) -> class -> seed ->
+  # AUC×100; evaluation '' for the runs' own, which so sort as before.
   groups = collections.defaultdict(lambda: collections.defaultdict(dict))
   num_classes = {}
   for run in runs:
     num_classes[run.dataset] = run.num_classes
     for det, auc in run.auc.items():
-      groups[(run.dataset, run.method, run.embedding, det)][
-          run.inlier_class][run.seed] = 100.0 * auc
+      groups[(run.dataset, run.method, run.evaluation or "", run.embedding,
+              det)][run.inlier_class][run.seed] = 100.0 * auc
   per_class, per_dataset = [], []
   for key in sorted(groups):
-    dataset, method, embedding, det = key
+    dataset, method, evaluation, embedding, det = key
     by_class = groups[key]
     classes = sorted(by_class, key=_class_key)
     class_means = []
@@ -111,14 +117,16 @@ def aggregate(runs: Sequence[Results]) -> Report:
       values = list(by_class[c].values())
       class_means.append(float(np.mean(values)))
       per_class.append(dict(
-          dataset=dataset, method=method, embedding=embedding, detector=det,
-          inlier_class=c, num_seeds=len(values), auc_pct_mean=class_means[-1],
+          dataset=dataset, method=method, evaluation=evaluation,
+          embedding=embedding, detector=det, inlier_class=c,
+          num_seeds=len(values), auc_pct_mean=class_means[-1],
           auc_pct_std=_std(values)))
     complete = set.intersection(*(set(by_class[c]) for c in classes))
     seed_means = [np.mean([by_class[c][s] for c in classes])
                   for s in sorted(complete)]
     per_dataset.append(dict(
-        dataset=dataset, method=method, embedding=embedding, detector=det,
+        dataset=dataset, method=method, evaluation=evaluation,
+        embedding=embedding, detector=det,
         num_classes=num_classes[dataset], classes_present=len(classes),
         num_seeds_complete=len(complete),
         auc_pct_mean=float(np.mean(class_means)),
@@ -127,7 +135,8 @@ def aggregate(runs: Sequence[Results]) -> Report:
                                            embedding))))
   no_auc = [dict(dataset=run.dataset, inlier_class=run.inlier_class,
                  inlier_name=run.record.get("inlier_name", ""),
-                 method=run.method, embedding=run.embedding, seed=run.seed,
+                 method=run.method, evaluation=run.evaluation or "",
+                 embedding=run.embedding, seed=run.seed,
                  step=run.step, reason=run.auc_skipped, path=str(run.path))
             for run in sorted(runs, key=lambda r: str(r.path))
             if run.auc_skipped]
@@ -142,16 +151,28 @@ def _overall(per_dataset: list[dict]) -> list[dict]:
   """Class-count-weighted mean over datasets (Table 2's "Mean")."""
   rows = collections.defaultdict(list)
   for r in per_dataset:
-    rows[(r["method"], r["embedding"], r["detector"])].append(r)
+    rows[_column(r)].append(r)
   overall = []
-  for (method, embedding, det), rs in sorted(rows.items()):
+  for (method, evaluation, embedding, det), rs in sorted(rows.items()):
     weights = [r["num_classes"] for r in rs]
     overall.append(dict(
-        method=method, embedding=embedding, detector=det,
+        method=method, evaluation=evaluation, embedding=embedding,
+        detector=det,
         datasets=" ".join(r["dataset"] for r in rs), num_classes=sum(weights),
         auc_pct_mean=float(np.average([r["auc_pct_mean"] for r in rs],
                                   weights=weights))))
   return overall
+
+
+def _column(row: dict) -> tuple[str, str, str, str]:
+  """A row's (method, evaluation, embedding, detector)."""
+  return (row["method"], row["evaluation"], row["embedding"], row["detector"])
+
+
+def _label(row: dict) -> str:
+  """The method as shown: 'rotnet [g-kde]' for a named evaluation."""
+  return row["method"] + (f" [{row['evaluation']}]" if row["evaluation"]
+                          else "")
 
 
 def _cell(mean: float, std: float = math.nan) -> str:
@@ -173,12 +194,11 @@ def to_markdown(report: Report) -> str:
     text = _cell(r["auc_pct_mean"], r["auc_pct_std"])
     if r["classes_present"] < r["num_classes"]:
       text += f" ({r['classes_present']}/{r['num_classes']} classes)"
-    cells[(r["method"], r["embedding"], r["detector"], r["dataset"])] = text
+    cells[_column(r) + (r["dataset"],)] = text
   summary_rows = []
   for o in report.overall:
-    row_key = (o["method"], o["embedding"], o["detector"])
-    summary_rows.append(list(row_key) + [cells.get(row_key + (d,), "")
-                                         for d in datasets] +
+    summary_rows.append([_label(o), o["embedding"], o["detector"]] +
+                        [cells.get(_column(o) + (d,), "") for d in datasets] +
                         [_cell(o["auc_pct_mean"])])
   parts = [
       "# One-class classification AUROC",
@@ -198,7 +218,7 @@ def to_markdown(report: Report) -> str:
         "5 seeds)",
         _md_table(["dataset", "method", "embedding", "detector", "ours",
                    "paper", "ours − paper"],
-                  [[r["dataset"], r["method"], r["embedding"], r["detector"],
+                  [[r["dataset"], _label(r), r["embedding"], r["detector"],
                     _cell(r["auc_pct_mean"], r["auc_pct_std"]) + (
                         f" ({r['classes_present']}/{r['num_classes']} "
                         "classes)" if r["classes_present"] < r["num_classes"]
@@ -214,7 +234,7 @@ def to_markdown(report: Report) -> str:
               _md_table(["dataset", "class", "method", "embedding", "seed",
                          "step", "AUC", "reason", "workdir"],
                         [[r["dataset"], f"{r['inlier_class']} "
-                          f"({r['inlier_name']})", r["method"],
+                          f"({r['inlier_name']})", _label(r),
                           r["embedding"], str(r["seed"]), str(r["step"]),
                           "—", r["reason"], r["path"]]
                          for r in report.no_auc])]
@@ -222,35 +242,40 @@ def to_markdown(report: Report) -> str:
 
 
 def _per_class_markdown(report: Report, dataset: str) -> str:
-  columns = sorted({(r["method"], r["embedding"], r["detector"])
-                    for r in report.per_dataset if r["dataset"] == dataset})
+  rows_here = [r for r in report.per_dataset if r["dataset"] == dataset]
+  columns = sorted(_column(r) for r in rows_here)
+  labels = {_column(r): "/".join([_label(r), r["embedding"], r["detector"]])
+            for r in rows_here}
   classes = sorted({r["inlier_class"] for r in report.per_class
                     if r["dataset"] == dataset}, key=_class_key)
-  cells = {(r["method"], r["embedding"], r["detector"], r["inlier_class"]):
+  cells = {_column(r) + (r["inlier_class"],):
            _cell(r["auc_pct_mean"], r["auc_pct_std"])
            for r in report.per_class if r["dataset"] == dataset}
-  means = {(r["method"], r["embedding"], r["detector"]):
-           _cell(r["auc_pct_mean"], r["auc_pct_std"])
-           for r in report.per_dataset if r["dataset"] == dataset}
+  means = {_column(r): _cell(r["auc_pct_mean"], r["auc_pct_std"])
+           for r in rows_here}
   rows = [[str(c)] + [cells.get(col + (c,), "") for col in columns]
           for c in classes]
   rows.append(["mean"] + [means[col] for col in columns])
-  return _md_table(["class"] + ["/".join(col) for col in columns], rows)
+  return _md_table(["class"] + [labels[col] for col in columns], rows)
 
 
+# "evaluation" is left out of reports without named evaluations, so theirs
+# keep the columns they always had.
 _CSV_COLUMNS = {
-    "per_class.csv": ("per_class", ["dataset", "method", "embedding",
-                                    "detector", "inlier_class", "num_seeds",
-                                    "auc_pct_mean", "auc_pct_std"]),
+    "per_class.csv": ("per_class", ["dataset", "method", "evaluation",
+                                    "embedding", "detector", "inlier_class",
+                                    "num_seeds", "auc_pct_mean",
+                                    "auc_pct_std"]),
     "per_dataset.csv": ("per_dataset", [
-        "dataset", "method", "embedding", "detector", "num_classes",
-        "classes_present", "num_seeds_complete", "auc_pct_mean",
-        "auc_pct_std", "paper_auc_pct"]),
-    "overall.csv": ("overall", ["method", "embedding", "detector", "datasets",
-                                "num_classes", "auc_pct_mean"]),
+        "dataset", "method", "evaluation", "embedding", "detector",
+        "num_classes", "classes_present", "num_seeds_complete",
+        "auc_pct_mean", "auc_pct_std", "paper_auc_pct"]),
+    "overall.csv": ("overall", ["method", "evaluation", "embedding",
+                                "detector", "datasets", "num_classes",
+                                "auc_pct_mean"]),
     "no_auc.csv": ("no_auc", ["dataset", "inlier_class", "inlier_name",
-                              "method", "embedding", "seed", "step",
-                              "reason", "path"]),
+                              "method", "evaluation", "embedding", "seed",
+                              "step", "reason", "path"]),
 }
 
 
@@ -277,7 +302,7 @@ def _atomic_write(path: pathlib.Path, write: Callable[[str], None]):
 
 def _task_name(run: Results) -> str:
   name = (f"{run.dataset}_{run.inlier_class}_{run.method}_{run.embedding}"
-          f"_seed{run.seed}")
+          f"_seed{run.seed}" + (f"_{run.evaluation}" if run.evaluation else ""))
   return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
@@ -348,7 +373,10 @@ def write_report(report: Report, out: pathlib.Path,
   md = to_markdown(report)
   _atomic_write(out / "report.md", lambda tmp: pathlib.Path(tmp).write_text(md))
   written.append(out / "report.md")
+  named = any(r["evaluation"] for r in report.per_class + report.no_auc)
   for filename, (attr, columns) in _CSV_COLUMNS.items():
+    if not named:
+      columns = [c for c in columns if c != "evaluation"]
     text = _csv_text(getattr(report, attr), columns)
     _atomic_write(out / filename,
                   lambda tmp, t=text: pathlib.Path(tmp).write_text(t))

@@ -1,6 +1,6 @@
 """One-class detectors: arrays of features in, anomaly scores out.
 
-Every detector follows a small scikit-learn-like API::
+Every detector is a scikit-learn outlier detector (`base.Detector`)::
 
   det = detectors.get("kde").fit(train)   # train: [n, d] features of inliers
   scores = det.score(test)                # [m] float64, higher = more anomalous
@@ -11,6 +11,28 @@ these) or on the raw features (ocsvm_linear). The detectors normalise
 internally (idempotent if the caller already normalised), so callers may pass
 the raw representation.
 
+Signs. Two conventions meet here, and both are kept:
+
+* `score(X)`, the `threshold_` and PyOD's `decision_scores_` are anomaly
+  scores: HIGHER = MORE ANOMALOUS, and a row is an outlier where
+  `anomalous(score, threshold_)`, i.e. score > threshold_ (or NaN). This is
+  what evaluate, export and the scorer use.
+* scikit-learn's methods (as `OneClassSVM`, `IsolationForest`,
+  `LocalOutlierFactor`): `score_samples(X)` = −score, HIGHER = MORE NORMAL;
+  `decision_function(X)` = score_samples − offset_ = threshold_ − score,
+  >= 0 for an inlier; `predict(X)` = +1 (inlier) / −1 (outlier), −1 exactly
+  where `anomalous(score, threshold_)`. So `scoring="roc_auc"` with labels
+  +1 inlier / −1 outlier is the AUC of the anomaly score with outliers
+  positive.
+
+The threshold: `get(name, fpr=0.05)` (or `KDE(fpr=0.05)`) makes `fit` also
+cross-fit the detector over `threshold_folds` folds of the train rows and
+set `threshold_` to the (1 − fpr) quantile of those held-out scores
+(`decision_scores_`), as evaluate does; the realised false-positive rate on
+fresh normal data is then about fpr. With fpr=None (the default, and
+evaluate's and export's, which threshold on their own held-out or
+calibration scores) `fit` is a single fit and `predict` refuses.
+
 This package imports nothing from the training, data or model code.
 """
 from oneclass_jax.detectors import gaussian
@@ -19,13 +41,16 @@ from oneclass_jax.detectors import knn
 from oneclass_jax.detectors import ocsvm
 from oneclass_jax.detectors.base import anomalous
 from oneclass_jax.detectors.base import check_features
+from oneclass_jax.detectors.base import cross_fitted_scores
 from oneclass_jax.detectors.base import Detector
 from oneclass_jax.detectors.base import l2_normalize
 from oneclass_jax.detectors.base import score_in_blocks
+from oneclass_jax.detectors.base import THRESHOLD_FOLDS
 from oneclass_jax.detectors.base import threshold_at_fpr
 
-__all__ = ["anomalous", "check_features", "Detector", "l2_normalize",
-           "score_in_blocks", "threshold_at_fpr", "DETECTORS", "get",
+__all__ = ["anomalous", "check_features", "cross_fitted_scores", "Detector",
+           "l2_normalize", "score_in_blocks", "THRESHOLD_FOLDS",
+           "threshold_at_fpr", "DETECTORS", "get",
            "ROTATION", "EMBEDDINGS",
            "split_names", "check_eval_settings"]
 

@@ -14,6 +14,7 @@ noise directions. Then the covariance is replaced by its Ledoit-Wolf
 shrinkage towards (trace/d)·I (`sklearn.covariance.ledoit_wolf`) before
 adding `reg_covar`, and a warning says so.
 """
+from typing import Optional
 import warnings
 
 import jax
@@ -31,14 +32,19 @@ class GDE(_det.Detector):
   name = "gde"
   normalize = True
 
-  def __init__(self, reg_covar: float = 1e-6):
-    """Args: value added to the covariance diagonal (sklearn's default)."""
-    if not reg_covar >= 0:
-      raise ValueError(f"gde: reg_covar must be >= 0, got {reg_covar}.")
+  def __init__(self, reg_covar: float = 1e-6, fpr: Optional[float] = None,
+               threshold_folds: int = _det.THRESHOLD_FOLDS, seed: int = 0):
+    """Args: value added to the covariance diagonal (sklearn's default); the
+    threshold's (`base.Detector`)."""
+    super().__init__(fpr=fpr, threshold_folds=threshold_folds, seed=seed)
     self.reg_covar = reg_covar
 
-  def fit(self, train) -> "GDE":
-    train = self.prepare(train, "train features")
+  def _check_params(self):
+    super()._check_params()
+    if not self.reg_covar >= 0:
+      raise ValueError(f"gde: reg_covar must be >= 0, got {self.reg_covar}.")
+
+  def _fit(self, train):
     n, d = train.shape
     self.mean_ = train.mean(axis=0)
     if n <= d:
@@ -46,7 +52,7 @@ class GDE(_det.Detector):
           f"gde: {n} train rows for {d} dims makes the covariance singular; "
           "using Ledoit-Wolf shrinkage towards a scaled identity (plus "
           f"reg_covar={self.reg_covar}) instead of the plain MLE covariance.",
-          stacklevel=2)
+          stacklevel=3)
       cov, self.shrinkage_ = sk_covariance.ledoit_wolf(train)
     else:
       centred = train - self.mean_
@@ -61,12 +67,8 @@ class GDE(_det.Detector):
           f"regularisation (reg_covar={self.reg_covar}); increase reg_covar."
       ) from e
     self.log_det_ = 2.0 * np.log(np.diag(self.chol_)).sum()
-    self.dim_ = d
-    return self
 
-  def score(self, x) -> np.ndarray:
-    x = self.prepare(x, "test features")
-    self._check_fitted_dim(x)
+  def _score(self, x) -> np.ndarray:
     z = linalg.solve_triangular(self.chol_, (x - self.mean_).T, lower=True)
     mahalanobis = np.sum(z * z, axis=0)
     return 0.5 * (self._log_norm() + mahalanobis)

@@ -189,16 +189,22 @@ class KDE(_det.Detector):
   normalize = True
 
   def __init__(self, gamma: Optional[float] = None, query_block: int = 2048,
-               train_chunk: Optional[int] = 16384):
-    """Args: γ override; rows per test block; train rows per chunk."""
-    if gamma is not None and not gamma > 0:
-      raise ValueError(f"kde: gamma must be > 0, got {gamma}.")
+               train_chunk: Optional[int] = 16384,
+               fpr: Optional[float] = None,
+               threshold_folds: int = _det.THRESHOLD_FOLDS, seed: int = 0):
+    """Args: γ override; rows per test block; train rows per chunk; the
+    threshold's (`base.Detector`)."""
+    super().__init__(fpr=fpr, threshold_folds=threshold_folds, seed=seed)
     self.gamma = gamma
     self.query_block = query_block
     self.train_chunk = train_chunk
 
-  def fit(self, train) -> "KDE":
-    train = self.prepare(train, "train features")
+  def _check_params(self):
+    super()._check_params()
+    if self.gamma is not None and not self.gamma > 0:
+      raise ValueError(f"kde: gamma must be > 0, got {self.gamma}.")
+
+  def _fit(self, train):
     self.gamma_ = (float(self.gamma) if self.gamma is not None
                    else bandwidth_gamma(train))
     centre = train.mean(axis=0)
@@ -206,12 +212,8 @@ class KDE(_det.Detector):
     self._centre = jnp.asarray(centre, jnp.float32)
     self._train = jnp.asarray(train_c, jnp.float32)
     self._train_sq = jnp.sum(self._train * self._train, axis=-1)
-    self.dim_ = train.shape[1]
-    return self
 
-  def score(self, x) -> np.ndarray:
-    x = self.prepare(x, "test features")
-    self._check_fitted_dim(x)
+  def _score(self, x) -> np.ndarray:
     fn = functools.partial(_score_block, centre=self._centre,
                            train_c=self._train, train_sq=self._train_sq,
                            gamma=self.gamma_, train_chunk=self.train_chunk)

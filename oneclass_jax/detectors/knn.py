@@ -43,20 +43,19 @@ class KNN(_det.Detector):
   normalize = True
 
   def __init__(self, query_block: int = 2048,
-               train_chunk: Optional[int] = 16384):
-    """Args: rows per test block; train rows per chunk."""
+               train_chunk: Optional[int] = 16384,
+               fpr: Optional[float] = None,
+               threshold_folds: int = _det.THRESHOLD_FOLDS, seed: int = 0):
+    """Args: rows per test block; train rows per chunk; the threshold's
+    (`base.Detector`)."""
+    super().__init__(fpr=fpr, threshold_folds=threshold_folds, seed=seed)
     self.query_block = query_block
     self.train_chunk = train_chunk
 
-  def fit(self, train) -> "KNN":
-    train = self.prepare(train, "train features")
+  def _fit(self, train):
     self._train = jnp.asarray(train, jnp.float32)
-    self.dim_ = train.shape[1]
-    return self
 
-  def score(self, x) -> np.ndarray:
-    x = self.prepare(x, "test features")
-    self._check_fitted_dim(x)
+  def _score(self, x) -> np.ndarray:
     fn = functools.partial(_score_block, train=self._train,
                            train_chunk=self.train_chunk)
     return _det.score_in_blocks(fn, x.astype(np.float32), self.query_block)

@@ -14,7 +14,7 @@ divided by Σ α = ν·n (higher means more anomalous). The division changes no
 ranking; it makes scores of OC-SVMs fitted on different numbers of inliers
 comparable, so a threshold set with detectors fitted on part of the inliers
 (evaluate's cross-fitted held-out scores) holds for the one fitted on all.
-`dual_coef_` and `offset_` are libsvm's, unscaled.
+`dual_coef_` and `libsvm_offset_` are libsvm's, unscaled.
 
 Why a precomputed kernel: libsvm evaluates k(x_i, x_j) one pair at a time, in
 one thread, and caches kernel rows in 200 MB; on 10,000 × 12,288 raw pixels
@@ -43,38 +43,47 @@ MAX_FIT_ROWS = 20_000
 _BLOCK = 1024  # Rows per kernel block: block × n float64 at a time.
 
 
-class OCSVM(_det.Detector):
-  """RBF one-class SVM on L2-normalised features; score = −score_samples."""
+class _OneClassSVM(_det.Detector):
+  """libsvm's one-class SVM on a precomputed kernel; score = −score_samples.
 
-  name = "ocsvm"
-  normalize = True
+  The kernel is linear unless a subclass's `_gamma` gives an RBF bandwidth.
+  """
 
-  def __init__(self, gamma: Optional[float] = None, nu: float = 0.5,
-               max_fit_rows: int = MAX_FIT_ROWS, seed: int = 0,
-               **svm_kwargs):
-    """Args: γ override (rbf only), ν, the most rows fitted (a seeded random
-    subset above it), other `sklearn.svm.OneClassSVM` args (tol, ...)."""
-    if max_fit_rows < 1:
-      raise ValueError(f"max_fit_rows must be >= 1, got {max_fit_rows}.")
-    self.gamma = gamma
+  def __init__(self, nu: float = 0.5, max_fit_rows: int = MAX_FIT_ROWS,
+               seed: int = 0, tol: float = 1e-3, shrinking: bool = True,
+               cache_size: float = 200, max_iter: int = -1,
+               fpr: Optional[float] = None,
+               threshold_folds: int = _det.THRESHOLD_FOLDS):
+    """Args: ν; the most rows fitted (a seeded random subset above it); the
+    subset's and the threshold folds' seed; `sklearn.svm.OneClassSVM`'s
+    tol, shrinking, cache_size (MB) and max_iter; the threshold's
+    (`base.Detector`)."""
+    super().__init__(fpr=fpr, threshold_folds=threshold_folds, seed=seed)
     self.nu = nu
-    self.max_fit_rows = int(max_fit_rows)
-    self.seed = seed
-    self.svm_kwargs = svm_kwargs
+    self.max_fit_rows = max_fit_rows
+    self.tol = tol
+    self.shrinking = shrinking
+    self.cache_size = cache_size
+    self.max_iter = max_iter
+
+  def _check_params(self):
+    super()._check_params()
+    if not self.max_fit_rows >= 1:
+      raise ValueError(f"max_fit_rows must be >= 1, got {self.max_fit_rows}.")
 
   def _gamma(self, train: np.ndarray) -> Optional[float]:
-    """The RBF bandwidth for `train` (normalised as this detector expects)."""
-    return (float(self.gamma) if self.gamma is not None
-            else kde.bandwidth_gamma(train))
+    """The RBF bandwidth for `train`, or None for the linear kernel."""
+    del train
+    return None
 
-  def fit(self, train) -> "OCSVM":
-    train = self.prepare(train, "train features")
+  def _fit(self, train):
+    max_fit_rows = int(self.max_fit_rows)
     self.fit_index_ = None
-    if len(train) > self.max_fit_rows:
+    if len(train) > max_fit_rows:
       self.fit_index_ = np.sort(np.random.default_rng(self.seed).permutation(
-          len(train))[:self.max_fit_rows])
+          len(train))[:max_fit_rows])
       warnings.warn(
-          f"{self.name}: fitting on a random {self.max_fit_rows} of the "
+          f"{self.name}: fitting on a random {max_fit_rows} of the "
           f"{len(train)} inliers (its n x n kernel would need "
           f"{8 * len(train) ** 2 / 2**30:.1f} GiB); set data.fit_cap to "
           "choose the subset for every detector.")
@@ -88,15 +97,18 @@ class OCSVM(_det.Detector):
     for start in range(0, len(train), _BLOCK):
       gram[start:start + _BLOCK] = self._kernel(train[start:start + _BLOCK],
                                                 train)
-    fitted = svm.OneClassSVM(kernel="precomputed", nu=self.nu,
-                             **self.svm_kwargs).fit(gram)
+    fitted = svm.OneClassSVM(
+        kernel="precomputed", nu=self.nu, tol=self.tol,
+        shrinking=self.shrinking, cache_size=self.cache_size,
+        max_iter=self.max_iter).fit(gram)
     del gram
     self.support_ = fitted.support_  # Rows of the fitted (sub)set.
     self.support_vectors_ = train[fitted.support_]  # Centred.
     self.dual_coef_ = np.asarray(fitted.dual_coef_[0], np.float64)
-    self.offset_ = float(fitted.offset_[0])
-    self.dim_ = train.shape[1]
-    return self
+    self.n_iter_ = int(fitted.n_iter_)  # libsvm's iterations (max_iter's).
+    # libsvm's offset_ (ρ), unscaled; `offset_` is scikit-learn's for
+    # this detector's threshold (base.Detector).
+    self.libsvm_offset_ = float(fitted.offset_[0])
 
   def _centred(self, x: np.ndarray) -> np.ndarray:
     return x if self.centre_ is None else x - self.centre_
@@ -110,9 +122,7 @@ class OCSVM(_det.Detector):
           np.einsum("ij,ij->i", b, b)[None, :] - 2 * dots)
     return np.exp(-self.gamma_ * np.maximum(d2, 0.0))
 
-  def score(self, x) -> np.ndarray:
-    x = self.prepare(x, "test features")
-    self._check_fitted_dim(x)
+  def _score(self, x) -> np.ndarray:
     if not hasattr(self, "dual_coef_"):
       raise ValueError(f"{self.name} was fitted by an older oneclass_jax; "
                        "re-run evaluate to refit it.")
@@ -152,17 +162,33 @@ class OCSVM(_det.Detector):
     return score
 
 
-class LinearOCSVM(OCSVM):
+class OCSVM(_OneClassSVM):
+  """RBF one-class SVM on L2-normalised features; score = −score_samples."""
+
+  name = "ocsvm"
+  normalize = True
+
+  def __init__(self, gamma: Optional[float] = None, nu: float = 0.5,
+               max_fit_rows: int = MAX_FIT_ROWS, seed: int = 0,
+               tol: float = 1e-3, shrinking: bool = True,
+               cache_size: float = 200, max_iter: int = -1,
+               fpr: Optional[float] = None,
+               threshold_folds: int = _det.THRESHOLD_FOLDS):
+    """Args: γ override; the rest as `_OneClassSVM`'s."""
+    super().__init__(nu=nu, max_fit_rows=max_fit_rows, seed=seed, tol=tol,
+                     shrinking=shrinking, cache_size=cache_size,
+                     max_iter=max_iter, fpr=fpr,
+                     threshold_folds=threshold_folds)
+    self.gamma = gamma
+
+  def _gamma(self, train: np.ndarray) -> Optional[float]:
+    """The RBF bandwidth for `train` (normalised as this detector expects)."""
+    return (float(self.gamma) if self.gamma is not None
+            else kde.bandwidth_gamma(train))
+
+
+class LinearOCSVM(_OneClassSVM):
   """Linear one-class SVM on RAW features (the authors' choice), nu = 0.5."""
 
   name = "ocsvm_linear"
   normalize = False
-
-  def __init__(self, nu: float = 0.5, max_fit_rows: int = MAX_FIT_ROWS,
-               seed: int = 0, **svm_kwargs):
-    super().__init__(gamma=None, nu=nu, max_fit_rows=max_fit_rows, seed=seed,
-                     **svm_kwargs)
-
-  def _gamma(self, train: np.ndarray) -> Optional[float]:
-    del train  # The linear kernel has no bandwidth.
-    return None

@@ -2,7 +2,9 @@
 
 `one_class`: detectors on embeddings of whole images, AUC per detector.
 `mvtec_patches`: dense patch scoring, detection and localization metrics.
-Each writes the run's `results.json` and its other outputs to the workdir.
+Each writes the run's `results.json` and its other outputs to the workdir
+(one-class runs evaluated with other detectors or another embedding: to a
+named evaluation in it, `workdir.evaluation_dir`).
 The trainer and `python -m oneclass_jax.tools.evaluate` go through
 `evaluate_state` / `evaluate_workdir` here and never name a task.
 """
@@ -23,13 +25,16 @@ from oneclass_jax.evaluators import one_class
 class Evaluator:
   # (config, workdir, model, state, data, mesh, **overrides) -> results.
   evaluate_state: Callable[..., dict]
-  # Whether --detectors / --embedding can override the config's choice.
-  takes_detector_flags: bool
+  # (config, detector_names, embedding): raises ValueError for --detectors /
+  # --embedding values the task cannot honour (None: not given).
+  check_flags: Callable[..., object]
 
 
 EVALUATORS: dict[str, Evaluator] = {
-    "one_class": Evaluator(one_class.evaluate_state, True),
-    "mvtec_patches": Evaluator(mvtec_patches.evaluate_state, False),
+    "one_class": Evaluator(one_class.evaluate_state,
+                           one_class.evaluation_settings),
+    "mvtec_patches": Evaluator(mvtec_patches.evaluate_state,
+                               mvtec_patches.check_flags),
 }
 
 
@@ -38,13 +43,9 @@ def for_config(config) -> Evaluator:
 
 
 def _overrides(config, detector_names, embedding) -> dict:
-  if not (detector_names or embedding):
+  for_config(config).check_flags(config, detector_names, embedding)
+  if detector_names is None and embedding is None:
     return {}
-  if not for_config(config).takes_detector_flags:
-    raise ValueError(
-        "--detectors and --embedding do not apply to MVTec-style workdirs: "
-        "their patch detectors are set by the config's mvtec.* fields. Drop "
-        "those flags.")
   return {"detector_names": detector_names, "embedding": embedding}
 
 
@@ -57,7 +58,12 @@ def evaluate_state(config, workdir, model, state, data, mesh, *,
 
 
 def evaluate_workdir(workdir: str, detector_names=None, embedding=None):
-  """Re-evaluates a workdir's newest intact checkpoint (workdir locked)."""
+  """Re-evaluates a workdir's newest intact checkpoint (workdir locked).
+
+  None for `detector_names` / `embedding`: the config's. A one-class run
+  evaluated with other ones gets a named evaluation (results["evaluation"],
+  `workdir.evaluation_dir`); its own results stay as they are.
+  """
   # Flags the task cannot honour fail before anything is restored.
   _overrides(workdir_lib.load_config(workdir), detector_names, embedding)
   mesh = parallel.make_mesh()

@@ -361,6 +361,19 @@ def _baselines(config, model, data, mesh) -> dict:
           for name, r in out.items()}
 
 
+def check_flags(config, detector_names, embedding) -> None:
+  """Refuses --detectors / --embedding: the config alone sets the evaluation."""
+  if detector_names is not None or embedding is not None:
+    raise ValueError(
+        "--detectors and --embedding do not apply to MVTec-style workdirs: "
+        "their evaluation always scores every test patch with the KDE on a "
+        f"memory bank of training patches (mvtec.memory_bank="
+        f"{config.mvtec.memory_bank!r}) embedded with the config's "
+        f"eval.embedding ({config.eval.embedding!r}), and rewrites the "
+        "run's own results. Drop those flags; for another embedding or "
+        "memory bank, train a run with that config.")
+
+
 def evaluate_state(config, workdir, model, state, data, mesh) -> dict:
   """Dense scoring of the test images with a trained model; writes results.
 
@@ -415,6 +428,7 @@ def _write_outputs(workdir, results, dense: DenseResult, test,
                    heatmaps: int, bank_meta: dict) -> None:
   # The heatmaps first and results.json last (`workdir.write_results`), so
   # a workdir with results.json has every output.
+  workdir_lib.clear_results(workdir)
   write_heatmaps(os.path.join(workdir, workdir_lib.HEATMAPS), test, dense.maps,
                  dense.image_scores, heatmap_indices(test.defect_types,
                                                      heatmaps))

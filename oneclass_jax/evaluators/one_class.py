@@ -6,8 +6,11 @@ writes `results.json` (AUC per detector; outliers are the positive class),
 `scores.npz` and the fitted detectors with their threshold scores atomically
 to the workdir. `train_and_evaluate` calls `evaluate_state` at the end of
 training; `python -m oneclass_jax.tools.evaluate` re-evaluates a workdir.
-`restore_with_detector` reads a saved detector back for the exported scorer
-(`export.py`).
+The config's own embedding and detectors write the top of the workdir;
+others write a named evaluation, `evaluations/<name>/`
+(`evaluation_settings`, `workdir.evaluation_name`), leaving the run's own
+untouched. `restore_with_detector` reads a saved detector of either back for
+the exported scorer (`export.py`).
 
 A test set without anomalies (or without inliers, or no test split at all:
 an engineer with normal images only) has no AUC. The detectors and their
@@ -40,10 +43,13 @@ from oneclass_jax.data import one_class as one_class_data
 from oneclass_jax.detectors import rotation_score
 
 # Folds of the cross-fitted held-out inlier scores behind the thresholds.
-THRESHOLD_FOLDS = 5
+THRESHOLD_FOLDS = detectors.THRESHOLD_FOLDS
 # Version of detectors/: `score` refuses another one. 2: KDE and OC-SVM
 # scores normalised by the fitted rows, cross-fitted held-out scores.
-DETECTORS_FORMAT = 2
+# 3: scikit-learn estimators; OC-SVM's libsvm offset is `libsvm_offset_`
+# (a format-2 pickle's `offset_` is that ρ, which scikit-learn's `offset_`
+# would misread, and it has no `libsvm_offset_` to score with).
+DETECTORS_FORMAT = 3
 ROTATION = detectors.ROTATION
 # In detectors/: <name>.pkl, these, and meta.json last (the set is complete).
 HELDOUT_SCORES = "heldout_scores.npz"
@@ -78,31 +84,18 @@ def fit_and_score(names, fit_features, test_features) -> dict:
 
 def heldout_scores(names, fit_features, seed,
                    folds: int = THRESHOLD_FOLDS) -> dict:
-  """Out-of-sample scores of every inlier, by K-fold cross-fitting.
+  """{detector: out-of-sample scores of every inlier}, by K-fold cross-fitting.
 
-  Each inlier is scored by detectors fitted on the other K − 1 folds. The
-  deployed detectors are fitted on all inliers (so `score` reproduces the
+  The deployed detectors are fitted on all inliers (so `score` reproduces the
   evaluation exactly); their threshold for a target false-positive rate is
-  the quantile of these scores, which needs no outlier. Every detector's
-  score is normalised by its number of fitted rows (KDE by n, OC-SVM by Σα),
-  so fold detectors and the deployed one score on the same scale
-  (tests/test_thresholds.py measures the realised rate on fresh inliers).
+  the quantile of these scores (`detectors.cross_fitted_scores`).
   """
-  n = len(fit_features)
-  folds = max(2, min(folds, n))
-  fold_of = np.random.default_rng(seed).permutation(n) % folds
-  out = {name: np.empty(n) for name in names}
-  for k in range(folds):
-    held = fold_of == k
-    logging.info("Threshold fold %d of %d (%d held-out inliers)", k + 1,
-                 folds, int(held.sum()))
-    for name, s in fit_and_score(names, fit_features[~held],
-                                 fit_features[held]).items():
-      out[name][held] = s
-  return out
+  return {name: detectors.cross_fitted_scores(
+      lambda fit, held: fit_and_score([name], fit, held)[name], fit_features,
+      seed=seed, folds=folds) for name in names}
 
 
-def save_detectors(workdir, fitted: dict, heldout: dict, embedding: str,
+def save_detectors(out, fitted: dict, heldout: dict, embedding: str,
                    ident: dict) -> None:
   """Pickles the fitted detectors and held-out scores for `score`.
 
@@ -117,8 +110,7 @@ def save_detectors(workdir, fitted: dict, heldout: dict, embedding: str,
                                          "step": ident["step"],
                                          "identity": ident,
                                          "detectors": sorted(fitted)})
-  files.write_dir_atomic(files.path(workdir) / workdir_lib.DETECTORS,
-                         contents)
+  files.write_dir_atomic(files.path(out) / workdir_lib.DETECTORS, contents)
 
 
 class SavedDetector(NamedTuple):
@@ -128,39 +120,48 @@ class SavedDetector(NamedTuple):
   heldout: np.ndarray  # Its cross-fitted held-out inlier scores.
 
 
-def load_detector(workdir, name) -> SavedDetector:
-  """Detector `name` of `workdir/detectors/`; refuses a missing or old set."""
-  root = files.path(workdir) / workdir_lib.DETECTORS
+def load_detector(workdir, name, evaluation=None) -> SavedDetector:
+  """Detector `name` of an evaluation's detectors/; refuses missing or old ones.
+
+  `evaluation`: a named evaluation of the workdir (None: the run's own).
+  """
+  root = (workdir_lib.checked_evaluation_dir(workdir, evaluation) /
+          workdir_lib.DETECTORS)
   path = root / f"{name}.pkl"
   # meta.json is written last: without it the set is incomplete.
   if not path.exists() or not (root / DETECTORS_META).exists():
     raise FileNotFoundError(
-        f"No fitted detector {name!r} in {root}: run `python -m "
-        f"oneclass_jax.tools.evaluate --workdir={workdir} --detectors={name}`.")
+        f"No fitted detector {name!r} in {root}: fit it with "
+        f"`{workdir_lib.evaluate_command(workdir)} --detectors={name}` and "
+        "pass the evaluation name it prints as --evaluation (named "
+        "evaluations there now: "
+        f"{', '.join(workdir_lib.evaluation_names(workdir)) or 'none'}).")
   meta = files.read_json(root / DETECTORS_META)
   if meta.get("format") != DETECTORS_FORMAT:
     raise ValueError(
         f"{root} holds detectors of format {meta.get('format', 1)}; this "
-        f"version scores with format {DETECTORS_FORMAT} (scores "
-        "normalised by the fitted rows, cross-fitted thresholds): run "
-        f"`python -m oneclass_jax.tools.evaluate --workdir={workdir}` to "
-        "refit them.")
+        f"version scores with format {DETECTORS_FORMAT}: run "
+        f"`{workdir_lib.evaluate_command(workdir, evaluation)}` to refit "
+        "them.")
   detector = pickle.loads(path.read_bytes())
   heldout = files.load_npz(root / HELDOUT_SCORES)[name]
   return SavedDetector(detector, meta, heldout)
 
 
-def restore_with_detector(workdir, name, mesh):
+def restore_with_detector(workdir, name, mesh, evaluation=None):
   """(config, run, state, saved): the latest checkpoint and its detector.
 
-  What scoring new images needs. Refuses (naming the fix) a detector that is
-  missing, of an old format, or not fitted on this checkpoint, config and
-  data (the workdir trained on after its evaluation, say).
+  What scoring new images needs; `evaluation` as in `load_detector`.
+  Refuses (naming the fix) a detector that is missing, of an old format, or
+  not fitted on this checkpoint, config and data (the workdir trained on
+  after its evaluation, say).
   """
-  saved = load_detector(workdir, name)
+  saved = load_detector(workdir, name, evaluation)
+  where = workdir_lib.evaluation_dir(workdir, evaluation)
   config, run, state = experiment.restore_matching(
       workdir, mesh, saved.meta.get("identity"),
-      f"The detectors in {workdir}/detectors")
+      f"The detectors in {where / workdir_lib.DETECTORS}",
+      evaluation=evaluation)
   return config, run, state, saved
 
 
@@ -168,12 +169,45 @@ def _aucs(labels, scores: dict) -> dict:
   return {name: float(metrics.auroc(labels, s)) for name, s in scores.items()}
 
 
+def evaluation_settings(config, detector_names=None, embedding=None):
+  """(detector names, embedding, evaluation name) of an evaluation request.
+
+  None for `detector_names` or `embedding`: the config's (`eval.detectors`,
+  `eval.embedding`). The name is None when the request is the config's own
+  set, in any order (written to the top of the workdir), else
+  `workdir.evaluation_name` (written to evaluations/<name>/).
+
+  Raises:
+    ValueError: an empty or unknown detector, an unknown embedding, or the
+      rotation score for a run that is not a rotation one; `evaluate` calls
+      this before it restores anything.
+  """
+  if detector_names is not None and not detectors.split_names(detector_names):
+    raise ValueError(
+        "--detectors is empty; name one or more of "
+        f"{', '.join([*sorted(detectors.DETECTORS), ROTATION])}, or leave "
+        "it out for the config's "
+        f"({','.join(detectors.split_names(config.eval.detectors))}).")
+  own = detectors.check_eval_settings(config.eval.detectors,
+                                      config.eval.embedding, config.method)
+  embedding = embedding or config.eval.embedding
+  names = detectors.check_eval_settings(
+      own if detector_names is None else detector_names, embedding,
+      config.method)
+  name = workdir_lib.evaluation_name(embedding, names)
+  own_name = workdir_lib.evaluation_name(config.eval.embedding, own)
+  return names, embedding, None if name == own_name else name
+
+
 def evaluate_state(config, workdir, model, state, data, mesh, *,
                    detector_names=None, embedding=None) -> dict:
-  """Scores the test set with every detector; writes results.json."""
-  embedding = embedding or config.eval.embedding
-  detector_names = detectors.check_eval_settings(
-      detector_names or config.eval.detectors, embedding, config.method)
+  """Scores the test set with every detector; writes results.json.
+
+  The config's own detectors and embedding (or None for both) write the top
+  of `workdir`; others a named evaluation (`evaluation_settings`).
+  """
+  detector_names, embedding, evaluation = evaluation_settings(
+      config, detector_names, embedding)
   fitted = [n for n in detector_names if n != ROTATION]
   rotations = ROTATION in detector_names
   if rotations and "logits" not in _output_keys(model, data):
@@ -226,14 +260,18 @@ def evaluate_state(config, workdir, model, state, data, mesh, *,
   }
   if skipped:
     results["auc_skipped"] = skipped
+  if evaluation:
+    results["evaluation"] = evaluation
   if config.eval.baselines and not skipped:  # Baselines are AUCs too.
     with progress.phase("Baselines (raw pixels, untrained network)"):
       results["baselines"] = _baselines(config, model, data, mesh, fitted,
-                                        test_labels)
+                                        test_labels, embedding)
   if jax.process_index() == 0:
     # The scores, then the detectors, then results.json (last: a run that
     # has it has the rest too).
-    scores_path = files.path(workdir) / workdir_lib.SCORES
+    out = workdir_lib.evaluation_dir(workdir, evaluation)
+    workdir_lib.clear_results(out)
+    scores_path = out / workdir_lib.SCORES
     if has_test:
       files.write_atomic(scores_path,
                          files.npz_bytes(labels=test_labels, **scores))
@@ -241,8 +279,8 @@ def evaluate_state(config, workdir, model, state, data, mesh, *,
       scores_path.unlink()  # Another evaluation's, of another test set.
     with progress.phase("Held-out inlier scores for the thresholds"):
       heldout = heldout_scores(fitted, fit_emb[key], config.seed)
-    save_detectors(workdir, fitted_dets, heldout, embedding, ident)
-    workdir_lib.write_results(workdir, results)
+    save_detectors(out, fitted_dets, heldout, embedding, ident)
+    workdir_lib.write_results(out, results)
   if skipped:
     logging.warning("%s: AUC skipped; detectors and threshold saved.",
                     skipped)
@@ -251,8 +289,13 @@ def evaluate_state(config, workdir, model, state, data, mesh, *,
   return results
 
 
-def _baselines(config, model, data, mesh, names, test_labels) -> dict:
-  """The same detectors on raw pixels and on an untrained network."""
+def _baselines(config, model, data, mesh, names, test_labels,
+               embedding) -> dict:
+  """The same detectors on raw pixels and on an untrained network.
+
+  The network's features are the evaluation's `embedding` (a named
+  evaluation's, not necessarily the config's), so both compare like for like.
+  """
   out = {}
   fit_px = _pixels(data.fit)
   test_px = _pixels(data.test)
@@ -262,7 +305,7 @@ def _baselines(config, model, data, mesh, names, test_labels) -> dict:
                          jnp.zeros((2, *image_shape)), train=False)
   extract_fn = functools.partial(embeddings.extract, model, variables, mesh=mesh,
                                  batch_size=config.eval.batch_size)
-  key = embeddings.EMBEDDING_KEYS[config.eval.embedding]
+  key = embeddings.EMBEDDING_KEYS[embedding]
   out["untrained"] = _aucs(test_labels, fit_and_score(
       names, extract_fn(data.fit)[key], extract_fn(data.test)[key]))
   return out

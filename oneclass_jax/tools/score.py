@@ -4,17 +4,19 @@ r"""Scores a folder of new images with an exported scorer.
       [--out=scores.csv] [--heatmaps=DIR]
   python -m oneclass_jax.tools.score --workdir=DIR --images=FOLDER \
       [--out=scores.csv] [--heatmaps=DIR] [--detector=kde] [--fpr=0.05] \
-      [--calibration=FOLDER]
+      [--calibration=FOLDER] [--evaluation=NAME]
 
 --model scores with an artefact of `python -m oneclass_jax.tools.export`
 (no workdir, no training data). --workdir exports one into
-DIR/exported/ first, named by detector, fpr, checkpoint step and
-calibration folder, and reuses it while it matches the workdir
+DIR/exported/ first, named by detector, fpr, checkpoint step, evaluation
+and calibration folder, and reuses it while it matches the workdir
 (`export.export_in_workdir`): either way the images go through the one
 exported function. Writes one CSV row per image (path, score, verdict,
 threshold); with --heatmaps, for an MVTec-style model, each image's anomaly
 map as .npy and as a PNG overlay. How detector and threshold are chosen:
-`oneclass_jax.export`.
+`oneclass_jax.export`. --evaluation=NAME takes the detector of a named
+evaluation (`evaluate` with other detectors or embedding wrote
+DIR/evaluations/NAME/) instead of the run's own.
 """
 from absl import app
 from absl import flags
@@ -41,6 +43,9 @@ _FPR = flags.DEFINE_float("fpr", 0.05, "With --workdir: target "
 _CALIBRATION = flags.DEFINE_string(
     "calibration", None, "With --workdir: folder of fresh normal images "
     "whose scores set the threshold.")
+_EVALUATION = flags.DEFINE_string(
+    "evaluation", None, "With --workdir: a named evaluation (a folder of "
+    "DIR/evaluations/) whose detector to use; default: the run's own.")
 flags.mark_flags_as_required(["images"])
 flags.mark_flags_as_mutual_exclusive(["model", "workdir"], required=True)
 flags.register_validator("fpr", lambda fpr: 0.0 < fpr < 1.0,
@@ -49,7 +54,8 @@ flags.register_validator("fpr", lambda fpr: 0.0 < fpr < 1.0,
 
 def main(argv):
   del argv
-  export_flags = [f"--{f}" for f in ("detector", "fpr", "calibration")
+  export_flags = [f"--{f}" for f in ("detector", "fpr", "calibration",
+                                      "evaluation")
                   if flags.FLAGS[f].present]
   if _MODEL.value and export_flags:
     raise app.UsageError(
@@ -59,7 +65,7 @@ def main(argv):
   scoring.check_out(_OUT.value)
   model_dir = _MODEL.value or export.export_in_workdir(
       _WORKDIR.value, detector=_DETECTOR.value, fpr=_FPR.value,
-      calibration=_CALIBRATION.value)
+      calibration=_CALIBRATION.value, evaluation=_EVALUATION.value)
   model = scorer.Scorer.load(model_dir)
   if _HEATMAPS.value and "maps" not in model.output_names:
     raise app.UsageError(f"--heatmaps: {model_dir} scores whole images and "
