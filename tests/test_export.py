@@ -221,7 +221,7 @@ def test_refusals(trained, artefacts, tmp_path):
   meta = json.loads(meta_path.read_text())
   meta_path.write_text(json.dumps({**meta, "format": 1}))
   with pytest.raises(ValueError, match="format 1; this version scores with "
-                     "format 2.*tools.evaluate"):
+                     "format 3.*tools.evaluate"):
     export.export_workdir(str(copy), tmp_path / "a", detector="kde")
   meta["identity"] = {**meta["identity"], "weights": "0" * 16}
   meta_path.write_text(json.dumps(meta))

@@ -83,7 +83,7 @@ def test_score_refuses_detectors_of_an_older_format(tmp_path):
   (root / "kde.pkl").write_bytes(b"")
   (root / "meta.json").write_text(json.dumps({"embedding": "f"}))
   with pytest.raises(ValueError, match="format 1; this version scores with "
-                     "format 2"):
+                     "format 3"):
     evaluators.one_class.load_detector(tmp_path, "kde")
 
 
